@@ -1,0 +1,28 @@
+//! Command-line parsing and dispatch for `kumo`.
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+/// kumo: a local EC2 built on KVM.
+#[derive(Debug, Parser)]
+#[command(name = "kumo", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Print kumo's data directory ($KUMO_HOME, by default ~/.local/share/kumo).
+    Home,
+}
+
+/// Runs one parsed command line.
+pub fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Home => {
+            println!("{}", crate::paths::kumo_home().display());
+            Ok(())
+        }
+    }
+}
