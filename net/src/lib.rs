@@ -2,3 +2,7 @@
 //!
 //! Owns the packet path between instances' network interfaces: ports, ARP, DHCP, routing,
 //! network ACLs, security groups, the instance metadata service and flow logs.
+
+pub mod port_id;
+
+pub use port_id::PortId;
