@@ -498,7 +498,7 @@ impl Connection {
                     }
                     self.respond(socket, &response, request.method == "HEAD", stats);
                 }
-                Ok(ParseStatus::Incomplete) if socket.may_recv() => {}
+                Ok(ParseStatus::Incomplete) if socket.state() != tcp::State::CloseWait => {}
                 Ok(ParseStatus::Incomplete) => {
                     // The client half-closed before finishing its request: nothing to answer.
                     socket.close();

@@ -275,7 +275,12 @@ pub fn http_exchange(
     assert!(client.established, "no SYN-ACK: {:?}", client.segments);
     let data = client.data(request.as_bytes());
     exchange(service, port, &mut client, data, now);
-    assert!(client.fin_received, "the service closes after its response");
+    assert!(
+        client.fin_received,
+        "the service closes after its response: {:?} {:?}",
+        client.segments,
+        service.stats()
+    );
     let fin = client.fin();
     exchange(service, port, &mut client, fin, now);
     client
