@@ -3,3 +3,4 @@
 //! Devices never import the builder; the builder wires them to KVM and the buses.
 
 pub mod bus;
+pub mod virtio;
