@@ -1,0 +1,763 @@
+//! End to end: real clients (curl, and cloud-init's own EC2 code) in a network namespace read
+//! the metadata service through its smoltcp TCP termination.
+//!
+//! Test harness, not product code: a veth pair joins a namespace ("the guest", eth0 =
+//! 10.0.1.5/24 with the ENI's MAC, default route via 10.0.1.1) to the host, where a thread
+//! reads the host end with an AF_PACKET socket and plays the VPC router's part for this one
+//! port: it answers every ARP request with the router's MAC and hands each IPv4 packet for
+//! 169.254.169.254 to [`MetadataService::ingress`], framing what comes back as Ethernet from the
+//! router to the guest. (The switch does the same in the product; this keeps the metadata
+//! service's tests independent of it.)
+//!
+//! Needs root, `ip`, `ethtool` (the guest's TX checksum offload is turned off so the host sees
+//! complete checksums) and, per test, curl or cloud-init's runtime (Debian python3 with
+//! requests, yaml, jinja2, jsonpatch, jsonschema, configobj; `scripts/install-deps` installs
+//! them). cloud-init itself is never installed: the test runs `apt-get download cloud-init`
+//! (or uses `$KUMO_CLOUD_INIT_DEB`) and unpacks it into a temporary directory. Whatever is
+//! missing makes the test print `SKIPPED: ...` and return. Namespaces are removed by Drop
+//! guards, also when a test fails.
+
+mod imds_common;
+
+use std::ffi::CString;
+use std::io::{self, Write as _};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use imds_common::sample_metadata;
+use kumo_net::PortId;
+use kumo_net::imds::{HttpTokens, InstanceMetadata, METADATA_IPV4, MetadataService};
+
+const ROUTER_MAC: [u8; 6] = [0x02, 0x00, 0x00, 0x00, 0x00, 0x01];
+const PORT: PortId = PortId(1);
+
+// ----- skipping -----
+
+/// Reports a test that cannot run here, as TEAM.md asks: stderr and `$KUMO_SKIP_LOG`.
+fn skip(test: &str, reason: &str) {
+    let line = format!("SKIPPED: {test}: {reason}");
+    eprintln!("{line}");
+    if let Ok(path) = std::env::var("KUMO_SKIP_LOG")
+        && let Ok(mut file) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+    {
+        let _ = writeln!(file, "{line}");
+    }
+}
+
+fn have(program: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {program}")])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// Why the namespace harness cannot run here, if it cannot.
+fn harness_unavailable() -> Option<String> {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        return Some("needs root (network namespaces, veth, AF_PACKET)".into());
+    }
+    for tool in ["ip", "ethtool"] {
+        if !have(tool) {
+            return Some(format!("`{tool}` not found: run scripts/install-deps"));
+        }
+    }
+    None
+}
+
+// ----- commands -----
+
+fn run(args: &[&str]) -> io::Result<Output> {
+    let output = Command::new(args[0]).args(&args[1..]).output()?;
+    if !output.status.success() {
+        return Err(io::Error::other(format!(
+            "{} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&output.stderr).trim()
+        )));
+    }
+    Ok(output)
+}
+
+// ----- the namespace and its veth -----
+
+/// A network namespace joined to the host by a veth pair; deleted on drop (which deletes the
+/// veth too).
+struct GuestNamespace {
+    name: String,
+    host_if: String,
+}
+
+static NEXT_ID: AtomicUsize = AtomicUsize::new(0);
+
+impl GuestNamespace {
+    /// Namespace with eth0 = `mac`, 10.0.1.5/24, default route via 10.0.1.1.
+    fn create(mac: [u8; 6]) -> io::Result<Self> {
+        let id = format!(
+            "{}{}",
+            std::process::id() % 100_000,
+            NEXT_ID.fetch_add(1, Ordering::SeqCst)
+        );
+        let ns = Self {
+            name: format!("kumo-imds-{id}"),
+            host_if: format!("kimh{id}"),
+        };
+        let guest_if = format!("kimg{id}");
+        run(&["ip", "netns", "add", &ns.name])?;
+        // `ip netns exec` bind-mounts /etc/netns/NAME/resolv.conf over /etc/resolv.conf: a
+        // resolver on the namespace's own loopback fails lookups at once (cloud-init checks
+        // for DNS hijacking) instead of timing out towards the host's resolver.
+        std::fs::create_dir_all(ns.etc_dir())?;
+        std::fs::write(ns.etc_dir().join("resolv.conf"), "nameserver 127.0.0.1\n")?;
+        run(&[
+            "ip",
+            "link",
+            "add",
+            &ns.host_if,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &guest_if,
+            "netns",
+            &ns.name,
+        ])?;
+        // The host stays out of the VPC: no address, no IPv6 on its end.
+        std::fs::write(
+            format!("/proc/sys/net/ipv6/conf/{}/disable_ipv6", ns.host_if),
+            "1",
+        )?;
+        run(&["ip", "link", "set", &ns.host_if, "up"])?;
+        let mac = mac
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<Vec<_>>()
+            .join(":");
+        ns.exec(&["sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1"])?;
+        ns.exec(&["ip", "link", "set", &guest_if, "name", "eth0"])?;
+        ns.exec(&["ip", "link", "set", "eth0", "address", &mac])?;
+        ns.exec(&["ip", "addr", "add", "10.0.1.5/24", "dev", "eth0"])?;
+        ns.exec(&["ip", "link", "set", "lo", "up"])?;
+        ns.exec(&["ip", "link", "set", "eth0", "up"])?;
+        ns.exec(&["ip", "route", "add", "default", "via", "10.0.1.1"])?;
+        // veth hands the host partially checksummed packets otherwise.
+        ns.exec(&["ethtool", "-K", "eth0", "tx", "off"])?;
+        Ok(ns)
+    }
+
+    fn etc_dir(&self) -> PathBuf {
+        Path::new("/etc/netns").join(&self.name)
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.name]).args(args);
+        cmd
+    }
+
+    fn exec(&self, args: &[&str]) -> io::Result<Output> {
+        let mut full = vec!["ip", "netns", "exec", &self.name];
+        full.extend_from_slice(args);
+        run(&full)
+    }
+
+    /// Adds a second namespace behind this one (a "container" one routed hop away):
+    /// 192.168.50.2/24, default route via this namespace, which forwards.
+    fn add_container(&self) -> io::Result<ContainerNamespace> {
+        let inner = ContainerNamespace {
+            name: format!("{}-c", self.name),
+        };
+        run(&["ip", "netns", "add", &inner.name])?;
+        let (outer_if, inner_if) = ("ctr0", "eth0");
+        self.exec(&[
+            "ip",
+            "link",
+            "add",
+            outer_if,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "ctrpeer",
+            "netns",
+            &inner.name,
+        ])?;
+        self.exec(&["ip", "addr", "add", "192.168.50.1/24", "dev", outer_if])?;
+        self.exec(&["ip", "link", "set", outer_if, "up"])?;
+        self.exec(&["sysctl", "-qw", "net.ipv4.ip_forward=1"])?;
+        self.exec(&["ethtool", "-K", outer_if, "tx", "off"])?;
+        let in_inner = |args: &[&str]| {
+            let mut full = vec!["ip", "netns", "exec", inner.name.as_str()];
+            full.extend_from_slice(args);
+            run(&full)
+        };
+        in_inner(&["sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1"])?;
+        in_inner(&["ip", "link", "set", "ctrpeer", "name", inner_if])?;
+        in_inner(&["ip", "addr", "add", "192.168.50.2/24", "dev", inner_if])?;
+        in_inner(&["ip", "link", "set", "lo", "up"])?;
+        in_inner(&["ip", "link", "set", inner_if, "up"])?;
+        in_inner(&["ip", "route", "add", "default", "via", "192.168.50.1"])?;
+        in_inner(&["ethtool", "-K", inner_if, "tx", "off"])?;
+        Ok(inner)
+    }
+}
+
+impl Drop for GuestNamespace {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.host_if])
+            .output();
+        let _ = std::fs::remove_dir_all(self.etc_dir());
+        let _ = std::fs::remove_dir(self.etc_dir().parent().unwrap_or(Path::new("/")));
+    }
+}
+
+/// A namespace behind the guest namespace; deleted on drop.
+struct ContainerNamespace {
+    name: String,
+}
+
+impl ContainerNamespace {
+    fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.name]).args(args);
+        cmd
+    }
+}
+
+impl Drop for ContainerNamespace {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
+    }
+}
+
+// ----- the AF_PACKET router stand-in -----
+
+/// An AF_PACKET socket bound to one interface; closed on drop.
+struct PacketSocket {
+    fd: libc::c_int,
+}
+
+impl PacketSocket {
+    fn bind(interface: &str) -> io::Result<Self> {
+        let name = CString::new(interface).map_err(io::Error::other)?;
+        // SAFETY: `name` is a valid NUL-terminated string for the duration of the call.
+        let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
+        if ifindex == 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let protocol = (libc::ETH_P_ALL as u16).to_be();
+        // SAFETY: plain socket(2) call; the result is checked below.
+        let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, i32::from(protocol)) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let socket = Self { fd };
+        // SAFETY: sockaddr_ll is plain old data; all-zero is a valid value.
+        let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        addr.sll_family = libc::AF_PACKET as u16;
+        addr.sll_protocol = protocol;
+        addr.sll_ifindex = ifindex as i32;
+        // SAFETY: `addr` is a valid sockaddr_ll and the length passed is its size.
+        let rc = unsafe {
+            libc::bind(
+                socket.fd,
+                (&addr as *const libc::sockaddr_ll).cast::<libc::sockaddr>(),
+                std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+            )
+        };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let timeout = libc::timeval {
+            tv_sec: 0,
+            tv_usec: 20_000,
+        };
+        // SAFETY: `timeout` is a valid timeval and the length passed is its size.
+        let rc = unsafe {
+            libc::setsockopt(
+                socket.fd,
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                (&timeout as *const libc::timeval).cast::<libc::c_void>(),
+                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+            )
+        };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(socket)
+    }
+
+    /// One frame, or None when the receive timeout passed.
+    fn recv(&self, buf: &mut [u8]) -> Option<usize> {
+        // SAFETY: `buf` is valid for writes of `buf.len()` bytes.
+        let n = unsafe { libc::recv(self.fd, buf.as_mut_ptr().cast(), buf.len(), 0) };
+        (n > 0).then_some(n as usize)
+    }
+
+    fn send(&self, frame: &[u8]) {
+        // SAFETY: `frame` is valid for reads of `frame.len()` bytes.
+        let _ = unsafe { libc::send(self.fd, frame.as_ptr().cast(), frame.len(), 0) };
+    }
+}
+
+impl Drop for PacketSocket {
+    fn drop(&mut self) {
+        // SAFETY: `fd` is a socket this value owns; it is closed once, here.
+        unsafe { libc::close(self.fd) };
+    }
+}
+
+/// The thread that plays the VPC router for one port; stopped and joined on drop.
+struct RouterStandIn {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+    service: Arc<Mutex<MetadataService>>,
+}
+
+impl RouterStandIn {
+    fn start(host_if: &str, metadata: InstanceMetadata) -> io::Result<Self> {
+        let socket = PacketSocket::bind(host_if)?;
+        let mut service = MetadataService::default();
+        service.set_instance(PORT, metadata);
+        let service = Arc::new(Mutex::new(service));
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let (service, stop) = (service.clone(), stop.clone());
+            std::thread::spawn(move || serve_port(&socket, &service, &stop))
+        };
+        Ok(Self {
+            stop,
+            thread: Some(thread),
+            service,
+        })
+    }
+
+    fn set_instance(&self, metadata: InstanceMetadata) {
+        self.service.lock().unwrap().set_instance(PORT, metadata);
+    }
+}
+
+impl Drop for RouterStandIn {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn serve_port(socket: &PacketSocket, service: &Mutex<MetadataService>, stop: &AtomicBool) {
+    let mut buf = vec![0u8; 65_536];
+    while !stop.load(Ordering::SeqCst) {
+        if let Some(len) = socket.recv(&mut buf) {
+            handle_frame(socket, service, &buf[..len]);
+        }
+        let now = Instant::now();
+        let mut service = service.lock().unwrap();
+        if service.poll_at(now).is_some_and(|at| at <= now) {
+            for (_, packet) in service.poll(now) {
+                // The guest's MAC is the only one on this port.
+                socket.send(&ethernet(
+                    sample_metadata().interfaces[0].mac,
+                    0x0800,
+                    &packet,
+                ));
+            }
+        }
+    }
+}
+
+fn ethernet(dst: [u8; 6], ethertype: u16, payload: &[u8]) -> Vec<u8> {
+    let mut frame = Vec::with_capacity(14 + payload.len());
+    frame.extend_from_slice(&dst);
+    frame.extend_from_slice(&ROUTER_MAC);
+    frame.extend_from_slice(&ethertype.to_be_bytes());
+    frame.extend_from_slice(payload);
+    frame
+}
+
+fn handle_frame(socket: &PacketSocket, service: &Mutex<MetadataService>, frame: &[u8]) {
+    if frame.len() < 14 || frame[6..12] == ROUTER_MAC {
+        return; // runt, or our own frame seen on the way out
+    }
+    let src_mac: [u8; 6] = frame[6..12].try_into().unwrap();
+    let ethertype = u16::from_be_bytes([frame[12], frame[13]]);
+    let payload = &frame[14..];
+    match ethertype {
+        0x0806 if payload.len() >= 28 && payload[6..8] == [0, 1] => {
+            // ARP request: the router answers for every address but the asker's own.
+            let (sender_ip, target_ip) = (&payload[14..18], &payload[24..28]);
+            if sender_ip == target_ip {
+                return;
+            }
+            let mut reply = Vec::with_capacity(28);
+            reply.extend_from_slice(&[0, 1, 0x08, 0x00, 6, 4, 0, 2]);
+            reply.extend_from_slice(&ROUTER_MAC);
+            reply.extend_from_slice(target_ip);
+            reply.extend_from_slice(&src_mac);
+            reply.extend_from_slice(sender_ip);
+            socket.send(&ethernet(src_mac, 0x0806, &reply));
+        }
+        0x0800 if payload.len() >= 20 => {
+            let total = usize::from(u16::from_be_bytes([payload[2], payload[3]]));
+            let packet = &payload[..total.clamp(20, payload.len())];
+            if packet[16..20] != METADATA_IPV4.octets() {
+                return;
+            }
+            let replies = service
+                .lock()
+                .unwrap()
+                .ingress(PORT, packet, Instant::now());
+            for reply in replies {
+                socket.send(&ethernet(src_mac, 0x0800, &reply));
+            }
+        }
+        _ => {}
+    }
+}
+
+// ----- curl -----
+
+/// Runs curl in a namespace: returns (HTTP status, body). `-w` appends the status.
+fn curl(cmd: &mut Command) -> (u16, String) {
+    let output = cmd.output().expect("run curl");
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    let (body, status) = text.rsplit_once('\n').unwrap_or(("", &text));
+    (status.trim().parse().unwrap_or(0), body.to_owned())
+}
+
+fn curl_args<'a>(extra: &[&'a str], path: &'a str) -> Vec<&'a str> {
+    let mut args = vec!["curl", "-sS", "-m", "5", "-w", "\n%{http_code}"];
+    args.extend_from_slice(extra);
+    args.push(path);
+    args
+}
+
+const BASE: &str = "http://169.254.169.254";
+
+#[test]
+fn curl_reads_metadata_v1_and_v2_through_the_tcp_termination() {
+    const TEST: &str = "imds_e2e::curl_reads_metadata_v1_and_v2_through_the_tcp_termination";
+    if let Some(reason) = harness_unavailable() {
+        return skip(TEST, &reason);
+    }
+    if !have("curl") {
+        return skip(TEST, "curl not found: run scripts/install-deps");
+    }
+    let metadata = sample_metadata();
+    let ns = GuestNamespace::create(metadata.interfaces[0].mac).expect("create namespace");
+    let router = RouterStandIn::start(&ns.host_if, metadata.clone()).expect("start router");
+    let url = |path: &str| format!("{BASE}{path}");
+
+    // IMDSv1.
+    let u = url("/latest/meta-data/instance-id");
+    let (status, body) = curl(&mut ns.command(&curl_args(&[], &u)));
+    assert_eq!((status, body.as_str()), (200, "i-0123456789abcdef0"));
+    let u = url("/latest/meta-data/");
+    let (status, listing) = curl(&mut ns.command(&curl_args(&[], &u)));
+    assert_eq!(status, 200);
+    assert!(
+        listing.starts_with("ami-id\nami-launch-index\n"),
+        "{listing}"
+    );
+    assert!(listing.contains("\nnetwork/\nplacement/\n"));
+    let u = url("/latest/user-data");
+    let (status, user_data) = curl(&mut ns.command(&curl_args(&[], &u)));
+    assert_eq!(status, 200);
+    assert_eq!(user_data, "#!/bin/sh\necho hello from user-data\n");
+    let u = url("/latest/meta-data/nope");
+    let (status, body) = curl(&mut ns.command(&curl_args(&[], &u)));
+    assert_eq!(status, 404);
+    assert!(body.contains("<title>404 - Not Found</title>"));
+    let u = url("/latest/meta-data/");
+    assert_eq!(
+        curl(&mut ns.command(&curl_args(&["-X", "POST"], &u))).0,
+        405
+    );
+
+    // IMDSv2.
+    let u = url("/latest/api/token");
+    let (status, token) = curl(&mut ns.command(&curl_args(
+        &[
+            "-X",
+            "PUT",
+            "-H",
+            "X-aws-ec2-metadata-token-ttl-seconds: 21600",
+        ],
+        &u,
+    )));
+    assert_eq!(status, 200);
+    assert!(token.len() >= 32, "{token}");
+    let token_header = format!("X-aws-ec2-metadata-token: {token}");
+    let u = url("/latest/meta-data/placement/availability-zone");
+    let (status, az) = curl(&mut ns.command(&curl_args(&["-H", &token_header], &u)));
+    assert_eq!((status, az.as_str()), (200, "us-east-1a"));
+    let u = url("/latest/meta-data/instance-id");
+    let bad = curl(&mut ns.command(&curl_args(&["-H", "X-aws-ec2-metadata-token: forged"], &u)));
+    assert_eq!(bad.0, 401);
+    let u = url("/latest/api/token");
+    let (status, _) = curl(&mut ns.command(&curl_args(
+        &["-X", "PUT", "-H", "X-aws-ec2-metadata-token-ttl-seconds: 0"],
+        &u,
+    )));
+    assert_eq!(status, 400);
+    let (status, _) = curl(&mut ns.command(&curl_args(
+        &[
+            "-X",
+            "PUT",
+            "-H",
+            "X-aws-ec2-metadata-token-ttl-seconds: 60",
+            "-H",
+            "X-Forwarded-For: 203.0.113.1",
+        ],
+        &u,
+    )));
+    assert_eq!(status, 403);
+
+    // HttpTokens=required: v1 is refused, v2 still works (the same token stays valid).
+    let mut required = metadata.clone();
+    required.http_tokens = HttpTokens::Required;
+    router.set_instance(required);
+    let u = url("/latest/meta-data/instance-id");
+    assert_eq!(curl(&mut ns.command(&curl_args(&[], &u))).0, 401);
+    let (status, body) = curl(&mut ns.command(&curl_args(&["-H", &token_header], &u)));
+    assert_eq!((status, body.as_str()), (200, "i-0123456789abcdef0"));
+
+    let stats = router.service.lock().unwrap().stats().clone();
+    assert_eq!(stats.dropped_malformed, 0, "{stats:?}");
+    assert!(stats.connections_accepted >= 10);
+}
+
+#[test]
+fn the_token_put_does_not_survive_a_routed_hop_with_hop_limit_1() {
+    const TEST: &str = "imds_e2e::the_token_put_does_not_survive_a_routed_hop_with_hop_limit_1";
+    if let Some(reason) = harness_unavailable() {
+        return skip(TEST, &reason);
+    }
+    if !have("curl") {
+        return skip(TEST, "curl not found: run scripts/install-deps");
+    }
+    let metadata = sample_metadata();
+    let ns = GuestNamespace::create(metadata.interfaces[0].mac).expect("create namespace");
+    let container = ns.add_container().expect("create the container namespace");
+    let router = RouterStandIn::start(&ns.host_if, metadata.clone()).expect("start router");
+    let put = [
+        "-X",
+        "PUT",
+        "-H",
+        "X-aws-ec2-metadata-token-ttl-seconds: 60",
+    ];
+    let token_url = format!("{BASE}/latest/api/token");
+    let id_url = format!("{BASE}/latest/meta-data/instance-id");
+    let mut put_args = curl_args(&put, &token_url);
+    put_args[3] = "3"; // `-m 3`: the PUT's answer never arrives, don't wait long for it
+
+    // On the instance itself (no routed hop) the PUT works.
+    assert_eq!(curl(&mut ns.command(&curl_args(&put, &token_url))).0, 200);
+    // One routed hop away, the GET's answer (TTL 64) arrives, the PUT's (TTL 1) dies in the
+    // forwarding namespace: exactly why EC2's default hop limit keeps containers off IMDSv2.
+    let (status, body) = curl(&mut container.command(&curl_args(&[], &id_url)));
+    assert_eq!((status, body.as_str()), (200, "i-0123456789abcdef0"));
+    let (status, _) = curl(&mut container.command(&put_args));
+    assert_eq!(status, 0, "the PUT response must not reach the container");
+
+    // HttpPutResponseHopLimit=2 lets it through.
+    let mut two_hops = metadata;
+    two_hops.http_put_response_hop_limit = 2;
+    router.set_instance(two_hops);
+    let (status, token) = curl(&mut container.command(&curl_args(&put, &token_url)));
+    assert_eq!(status, 200);
+    assert!(token.len() >= 32);
+}
+
+// ----- cloud-init -----
+
+/// Unpacks Debian's cloud-init (downloaded with apt-get, never installed) into `dir`; returns
+/// its Python package directory.
+fn unpack_cloud_init(dir: &Path) -> Result<PathBuf, String> {
+    let deb = match std::env::var_os("KUMO_CLOUD_INIT_DEB") {
+        Some(path) => PathBuf::from(path),
+        None => {
+            let output = Command::new("apt-get")
+                .args(["download", "-q", "cloud-init"])
+                .current_dir(dir)
+                .output()
+                .map_err(|e| format!("apt-get download cloud-init: {e}"))?;
+            if !output.status.success() {
+                return Err(format!(
+                    "apt-get download cloud-init failed (offline? set KUMO_CLOUD_INIT_DEB): {}",
+                    String::from_utf8_lossy(&output.stderr).trim()
+                ));
+            }
+            std::fs::read_dir(dir)
+                .map_err(|e| e.to_string())?
+                .filter_map(Result::ok)
+                .map(|e| e.path())
+                .find(|p| p.extension().is_some_and(|x| x == "deb"))
+                .ok_or("apt-get download left no .deb")?
+        }
+    };
+    let root = dir.join("root");
+    run(&[
+        "dpkg-deb",
+        "-x",
+        deb.to_str().ok_or("non-UTF-8 path")?,
+        root.to_str().ok_or("non-UTF-8 path")?,
+    ])
+    .map_err(|e| e.to_string())?;
+    let packages = root.join("usr/lib/python3/dist-packages");
+    if !packages.join("cloudinit/sources/DataSourceEc2.py").exists() {
+        return Err(format!("{} holds no cloud-init", deb.display()));
+    }
+    Ok(packages)
+}
+
+/// Debian's python3 (which sees the python3-* packages cloud-init needs), if usable.
+fn cloud_init_python() -> Result<&'static str, String> {
+    let python = "/usr/bin/python3";
+    let ok = Command::new(python)
+        .args([
+            "-c",
+            "import requests, yaml, jinja2, jsonpatch, jsonschema, configobj",
+        ])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if ok {
+        Ok(python)
+    } else {
+        Err(format!(
+            "{python} lacks cloud-init's modules (python3-requests, -yaml, -jinja2, -jsonpatch, \
+             -jsonschema, -configobj): run scripts/install-deps"
+        ))
+    }
+}
+
+fn run_cloud_init(
+    ns: &GuestNamespace,
+    python: &str,
+    packages: &Path,
+    work: &Path,
+) -> serde_json::Value {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/imds_cloud_init.py");
+    let output = ns
+        .command(&[
+            "env",
+            &format!("PYTHONPATH={}", packages.display()),
+            python,
+            script.to_str().unwrap(),
+            work.to_str().unwrap(),
+        ])
+        .output()
+        .expect("run cloud-init");
+    let log = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "cloud-init driver failed:\n{log}");
+    let seen: serde_json::Value = serde_json::from_slice(&output.stdout)
+        .unwrap_or_else(|e| panic!("cloud-init printed no JSON ({e}):\n{log}"));
+    eprintln!(
+        "cloud-init: v1 helpers crawl {}s, DataSourceEc2 {}s",
+        seen["helpers_seconds"], seen["datasource_seconds"]
+    );
+    seen
+}
+
+#[test]
+fn cloud_init_ec2_datasource_reads_metadata_through_the_tcp_termination() {
+    const TEST: &str =
+        "imds_e2e::cloud_init_ec2_datasource_reads_metadata_through_the_tcp_termination";
+    if let Some(reason) = harness_unavailable() {
+        return skip(TEST, &reason);
+    }
+    let python = match cloud_init_python() {
+        Ok(python) => python,
+        Err(reason) => return skip(TEST, &reason),
+    };
+    let work = tempfile::tempdir().expect("temp dir");
+    let packages = match unpack_cloud_init(work.path()) {
+        Ok(packages) => packages,
+        Err(reason) => return skip(TEST, &reason),
+    };
+    let mut metadata = sample_metadata();
+    let ns = GuestNamespace::create(metadata.interfaces[0].mac).expect("create namespace");
+    let router = RouterStandIn::start(&ns.host_if, metadata.clone()).expect("start router");
+
+    let seen = run_cloud_init(&ns, python, &packages, work.path());
+
+    // The v1 helpers crawled the whole tree.
+    let helpers = &seen["helpers"];
+    let md = &helpers["meta-data"];
+    assert_eq!(md["instance-id"], "i-0123456789abcdef0");
+    assert_eq!(md["ami-id"], "ami-0fedcba9876543210");
+    assert_eq!(md["instance-type"], "t3.micro");
+    assert_eq!(md["local-ipv4"], "10.0.1.5");
+    assert_eq!(md["local-hostname"], "ip-10-0-1-5.ec2.internal");
+    assert_eq!(md["placement"]["availability-zone"], "us-east-1a");
+    assert_eq!(
+        md["public-keys"]["my-key"],
+        metadata.public_keys[0].openssh_key
+    );
+    assert_eq!(md["security-groups"], serde_json::json!(["default", "web"]));
+    let eni = &md["network"]["interfaces"]["macs"]["02:4b:55:00:01:05"];
+    assert_eq!(eni["vpc-id"], "vpc-0123456789abcdef0");
+    assert_eq!(eni["subnet-ipv4-cidr-block"], "10.0.1.0/24");
+    assert_eq!(eni["device-number"], "0");
+    assert_eq!(
+        helpers["user-data"],
+        "#!/bin/sh\necho hello from user-data\n"
+    );
+    assert_eq!(
+        helpers["identity"]["document"]["instanceId"],
+        "i-0123456789abcdef0"
+    );
+
+    // The datasource, the way cloud-init runs on EC2 (IMDSv2 token first).
+    let ds = &seen["datasource"];
+    assert_eq!(ds["found"], true, "DataSourceEc2.get_data() failed");
+    assert_eq!(ds["token_used"], true);
+    assert_eq!(ds["api_version"], "2021-03-23");
+    assert_eq!(ds["instance_id"], "i-0123456789abcdef0");
+    assert_eq!(ds["availability_zone"], "us-east-1a");
+    assert_eq!(ds["region"], "us-east-1");
+    assert_eq!(ds["hostname"], "ip-10-0-1-5");
+    assert_eq!(ds["user-data"], "#!/bin/sh\necho hello from user-data\n");
+    assert_eq!(ds["identity"]["privateIp"], "10.0.1.5");
+    assert_eq!(
+        ds["public_keys"],
+        serde_json::json!([metadata.public_keys[0].openssh_key])
+    );
+    let ethernets = &ds["network_config"]["ethernets"]["eth0"];
+    assert_eq!(ethernets["match"]["macaddress"], "02:4b:55:00:01:05");
+    assert_eq!(ethernets["dhcp4"], true);
+    assert_eq!(
+        ds["meta-data"], helpers["meta-data"],
+        "v1 and v2 crawls agree"
+    );
+
+    // HttpTokens=required: the datasource still works (it uses tokens), v1 helpers get 401s.
+    metadata.http_tokens = HttpTokens::Required;
+    router.set_instance(metadata);
+    let seen = run_cloud_init(&ns, python, &packages, work.path());
+    assert_eq!(seen["datasource"]["found"], true);
+    assert_eq!(seen["datasource"]["instance_id"], "i-0123456789abcdef0");
+    assert_eq!(seen["helpers"]["meta-data"], serde_json::json!({}));
+
+    let stats = router.service.lock().unwrap().stats().clone();
+    assert!(stats.responses() > 50, "{stats:?}");
+    assert!(stats.responses_by_status.contains_key(&401));
+    assert_eq!(stats.connections_timed_out, 0, "{stats:?}");
+    drop(router);
+    drop(ns);
+}
