@@ -3,4 +3,5 @@
 //! Devices never import the builder; the builder wires them to KVM and the buses.
 
 pub mod bus;
+pub mod legacy;
 pub mod virtio;
