@@ -9,6 +9,7 @@ use imds_common::sample_metadata;
 use kumo_net::imds::handler::{self, MetadataRequest, MetadataResponse};
 use kumo_net::imds::tokens::TokenStore;
 use kumo_net::imds::{HttpEndpoint, HttpTokens, InstanceMetadata};
+use proptest::prelude::*;
 
 fn request(method: &str, target: &str, headers: &[(&str, &str)]) -> MetadataRequest {
     MetadataRequest {
@@ -538,4 +539,42 @@ fn every_listed_entry_resolves() {
         }
     }
     assert!(fetched > 30, "walked {fetched} leaves");
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(1000))]
+
+    /// Whatever a guest sends, the handler answers with one of the statuses EC2 uses and
+    /// never panics; 200s are only given to GET/HEAD or a well-formed token PUT.
+    #[test]
+    fn arbitrary_requests_get_an_ec2_status(
+        method in "(GET|HEAD|PUT|POST|DELETE|OPTIONS|[A-Z]{1,8})",
+        target in "/[ -~]{0,80}",
+        headers in proptest::collection::vec(
+            (
+                "(X-aws-ec2-metadata-token|X-aws-ec2-metadata-token-ttl-seconds|X-Forwarded-For|[A-Za-z-]{1,20})",
+                proptest::collection::vec(any::<u8>(), 0..40),
+            ),
+            0..6,
+        ),
+        required in any::<bool>(),
+    ) {
+        let mut metadata = sample_metadata();
+        if required {
+            metadata.http_tokens = HttpTokens::Required;
+        }
+        let mut tokens = TokenStore::new(8);
+        let request = MetadataRequest {
+            method: method.clone(),
+            target,
+            headers: headers.into_iter().collect(),
+        };
+        let response = handler::handle(&request, &metadata, &mut tokens, Instant::now());
+        prop_assert!([200, 400, 401, 403, 404, 405].contains(&response.status));
+        if response.status == 200 {
+            prop_assert!(method == "GET" || method == "HEAD" || method == "PUT");
+        } else {
+            prop_assert_eq!(response.content_type, "text/html");
+        }
+    }
 }

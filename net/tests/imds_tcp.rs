@@ -483,6 +483,24 @@ fn bad_packets_are_dropped_and_counted() {
 }
 
 #[test]
+fn checksum_offloaded_packets_take_the_partial_checksum_entry() {
+    let mut service = service();
+    let now = Instant::now();
+    let mut client = TcpClient::new(GUEST, 45500);
+    let mut syn = client.syn();
+    // As a guest with TX checksum offload sends it: the TCP checksum is not the real one.
+    syn[36..38].copy_from_slice(&[0x12, 0x34]);
+    assert!(service.ingress(PORT, &syn, now).is_empty());
+    assert_eq!(service.stats().dropped_malformed, 1);
+    let out = service.ingress_partial_checksum(PORT, &syn, now);
+    client.take(&out);
+    assert!(
+        client.established,
+        "the service filled in the checksum itself"
+    );
+}
+
+#[test]
 fn data_after_the_response_is_discarded() {
     let mut service = service();
     let now = Instant::now();

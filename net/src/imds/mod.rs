@@ -10,7 +10,10 @@
 //! * The switch hands [`MetadataService::ingress`] every IPv4 packet that came in on port `P`
 //!   addressed to [`METADATA_IPV4`] (after its own anti-spoofing and policy), and sends each
 //!   packet it returns back out of port `P`, framed as Ethernet from the VPC router's MAC to the
-//!   ENI's MAC. The returned packets are complete IPv4 packets (header checksum filled in).
+//!   ENI's MAC. The returned packets are complete IPv4 packets (all checksums filled in).
+//!   Packets must carry valid IPv4 and TCP checksums; a packet the guest sent with TCP checksum
+//!   offload (`VIRTIO_NET_HDR_F_NEEDS_CSUM`) goes to [`MetadataService::ingress_partial_checksum`]
+//!   instead, which computes the checksum itself.
 //!   The switch must not decrement their TTL: the token PUT's answer carries
 //!   `HttpPutResponseHopLimit` as its TTL, as on EC2, and a hop-limit of 1 only works if the
 //!   guest sees exactly that.

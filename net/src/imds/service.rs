@@ -178,15 +178,34 @@ impl MetadataService {
 
     /// Handles one IPv4 packet that arrived on `port` for 169.254.169.254; returns the IPv4
     /// packets to send back out of `port`. Anything that is not a well-formed TCP segment to
-    /// 169.254.169.254:80 is dropped and counted.
+    /// 169.254.169.254:80 with valid checksums is dropped and counted.
     pub fn ingress(&mut self, port: PortId, ipv4_packet: &[u8], now: Instant) -> Vec<Vec<u8>> {
+        self.ingress_packet(port, ipv4_packet.to_vec(), now)
+    }
+
+    /// Like [`Self::ingress`], for a packet whose TCP checksum the guest left to offload
+    /// (received with `VIRTIO_NET_HDR_F_NEEDS_CSUM`: the field holds only the pseudo-header
+    /// sum). The service computes the checksum itself before the packet enters its TCP stack;
+    /// the IPv4 header checksum is still verified.
+    pub fn ingress_partial_checksum(
+        &mut self,
+        port: PortId,
+        ipv4_packet: &[u8],
+        now: Instant,
+    ) -> Vec<Vec<u8>> {
+        let mut packet = ipv4_packet.to_vec();
+        fill_tcp_checksum(&mut packet);
+        self.ingress_packet(port, packet, now)
+    }
+
+    fn ingress_packet(&mut self, port: PortId, packet: Vec<u8>, now: Instant) -> Vec<Vec<u8>> {
         self.stats.packets_in += 1;
         let Some(endpoint) = self.ports.get_mut(&port) else {
             self.stats.dropped_unknown_port += 1;
             tracing::debug!(%port, "imds: packet from a port without an instance dropped");
             return Vec::new();
         };
-        let is_syn = match classify(ipv4_packet) {
+        let is_syn = match classify(&packet) {
             Ok(is_syn) => is_syn,
             Err(reason) => {
                 match reason {
@@ -203,7 +222,7 @@ impl MetadataService {
             tracing::debug!(%port, "imds: connection limit reached; SYN refused");
         }
         let timestamp = smol_time(&mut self.epoch, now);
-        endpoint.device.rx.push_back(ipv4_packet.to_vec());
+        endpoint.device.rx.push_back(packet);
         endpoint.run(&self.limits, &mut self.stats, now, timestamp);
         let out = std::mem::take(&mut endpoint.device.tx);
         self.stats.packets_out += out.len() as u64;
@@ -302,6 +321,25 @@ fn classify(packet: &[u8]) -> Result<bool, Drop> {
         return Err(Drop::NotMetadata);
     }
     Ok(tcp.syn() && !tcp.ack())
+}
+
+/// Writes the full TCP checksum into `packet` if it is an unfragmented IPv4 TCP segment
+/// (anything else is left for `classify` to refuse).
+fn fill_tcp_checksum(packet: &mut [u8]) {
+    let Ok(ip) = Ipv4Packet::new_checked(&*packet) else {
+        return;
+    };
+    if ip.next_header() != IpProtocol::Tcp || ip.more_frags() || ip.frag_offset() != 0 {
+        return;
+    }
+    let (src, dst) = (ip.src_addr(), ip.dst_addr());
+    let (header_len, total_len) = (usize::from(ip.header_len()), usize::from(ip.total_len()));
+    let Some(segment) = packet.get_mut(header_len..total_len) else {
+        return;
+    };
+    if let Ok(mut tcp) = TcpPacket::new_checked(segment) {
+        tcp.fill_checksum(&IpAddress::Ipv4(src), &IpAddress::Ipv4(dst));
+    }
 }
 
 /// One port's endpoint: its instance, tokens, TCP/IP stack and connections.
