@@ -234,6 +234,8 @@ fn user_data_is_404_when_there_is_none() {
     let response = imds.get("/latest/user-data");
     assert_eq!(response.status, 404);
     assert_eq!(imds.get_text("/latest/"), "dynamic\nmeta-data");
+    imds.metadata.user_data = Some(Vec::new());
+    assert_eq!(imds.get("/latest/user-data").status, 404);
 }
 
 #[test]

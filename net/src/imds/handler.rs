@@ -332,7 +332,8 @@ fn version_tree(metadata: &InstanceMetadata) -> Node {
             node: Node::Dir(meta_data(metadata)),
         },
     ];
-    if let Some(user_data) = &metadata.user_data {
+    // EC2 has no such thing as empty user-data: none and empty are both a 404.
+    if let Some(user_data) = metadata.user_data.as_ref().filter(|data| !data.is_empty()) {
         entries.push(Entry {
             name: "user-data".to_owned(),
             listed: "user-data".to_owned(),

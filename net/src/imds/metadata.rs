@@ -121,7 +121,8 @@ pub struct InstanceMetadata {
     pub block_device_mappings: Vec<(String, String)>,
     /// Key pairs; served as `public-keys/0=name` ... (at most one on EC2, but any number works).
     pub public_keys: Vec<PublicKey>,
-    /// Raw user-data bytes (already base64-decoded); `None` makes `/latest/user-data` a 404.
+    /// Raw user-data bytes (already base64-decoded); `None` (or empty) makes
+    /// `/latest/user-data` a 404, as on EC2.
     pub user_data: Option<Vec<u8>>,
     /// `HttpTokens`: whether IMDSv1 is allowed.
     pub http_tokens: HttpTokens,
