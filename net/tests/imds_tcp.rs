@@ -207,6 +207,43 @@ fn ports_without_an_instance_get_nothing() {
 }
 
 #[test]
+fn a_retransmitted_syn_stays_with_its_connection() {
+    let mut service = service();
+    let now = Instant::now();
+    // One finished connection first, so the next listener reuses its socket slot and comes
+    // before the new connection in smoltcp's socket order.
+    http_exchange(
+        &mut service,
+        PORT,
+        GUEST,
+        42049,
+        "GET / HTTP/1.1\r\n\r\n",
+        now,
+    );
+    let mut client = TcpClient::new(GUEST, 42050);
+    let syn = client.syn();
+    // The SYN-ACK is "lost": the client sends its SYN again, several times.
+    let first = service.ingress(PORT, &syn, now);
+    assert_eq!(first.len(), 1);
+    for _ in 0..3 {
+        let again = service.ingress(PORT, &syn, now + Duration::from_secs(1));
+        assert!(again.iter().all(|p| !parse_segment(p).rst));
+    }
+    assert_eq!(
+        service.connection_count(PORT),
+        1,
+        "no duplicate connections"
+    );
+    assert_eq!(service.stats().connections_accepted, 2);
+    client.take(&first);
+    let ack = client.ack();
+    exchange(&mut service, PORT, &mut client, ack, now);
+    let data = client.data(b"GET /latest/meta-data/instance-id HTTP/1.1\r\n\r\n");
+    exchange(&mut service, PORT, &mut client, data, now);
+    assert_eq!(split_response(&client.received).0, 200);
+}
+
+#[test]
 fn request_split_into_one_byte_segments() {
     let mut service = service();
     let now = Instant::now();

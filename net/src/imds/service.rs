@@ -20,7 +20,9 @@ use std::time::{Duration, Instant, SystemTime};
 use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
 use smoltcp::phy::{self, Device, DeviceCapabilities, Medium};
 use smoltcp::socket::tcp;
-use smoltcp::wire::{HardwareAddress, IpAddress, IpCidr, IpProtocol, Ipv4Packet, TcpPacket};
+use smoltcp::wire::{
+    HardwareAddress, IpAddress, IpCidr, IpEndpoint, IpProtocol, Ipv4Packet, TcpPacket,
+};
 
 use crate::PortId;
 
@@ -205,8 +207,8 @@ impl MetadataService {
             tracing::debug!(%port, "imds: packet from a port without an instance dropped");
             return Vec::new();
         };
-        let is_syn = match classify(&packet) {
-            Ok(is_syn) => is_syn,
+        let syn_from = match classify(&packet) {
+            Ok(syn_from) => syn_from,
             Err(reason) => {
                 match reason {
                     Drop::Malformed => self.stats.dropped_malformed += 1,
@@ -217,9 +219,15 @@ impl MetadataService {
                 return Vec::new();
             }
         };
-        if is_syn && endpoint.listener.is_none() {
-            self.stats.connections_refused += 1;
-            tracing::debug!(%port, "imds: connection limit reached; SYN refused");
+        if let Some(peer) = syn_from {
+            if endpoint.has_connection_from(peer) {
+                // A retransmitted SYN belongs to the connection it opened, not to the listener
+                // (which smoltcp might otherwise offer it to first).
+                endpoint.drop_listener();
+            } else if endpoint.listener.is_none() {
+                self.stats.connections_refused += 1;
+                tracing::debug!(%port, "imds: connection limit reached; SYN refused");
+            }
         }
         let timestamp = smol_time(&mut self.epoch, now);
         endpoint.device.rx.push_back(packet);
@@ -298,8 +306,9 @@ enum Drop {
 }
 
 /// Checks that `packet` is a well-formed, unfragmented IPv4 TCP segment to
-/// 169.254.169.254:80 with valid checksums; says whether it is a SYN without ACK.
-fn classify(packet: &[u8]) -> Result<bool, Drop> {
+/// 169.254.169.254:80 with valid checksums; if it is a SYN without ACK, returns the sender's
+/// endpoint.
+fn classify(packet: &[u8]) -> Result<Option<IpEndpoint>, Drop> {
     let ip = Ipv4Packet::new_checked(packet).map_err(|_| Drop::Malformed)?;
     if !ip.verify_checksum() {
         return Err(Drop::Malformed);
@@ -320,7 +329,8 @@ fn classify(packet: &[u8]) -> Result<bool, Drop> {
     if tcp.dst_port() != METADATA_PORT {
         return Err(Drop::NotMetadata);
     }
-    Ok(tcp.syn() && !tcp.ack())
+    Ok((tcp.syn() && !tcp.ack())
+        .then(|| IpEndpoint::new(IpAddress::Ipv4(ip.src_addr()), tcp.src_port())))
 }
 
 /// Writes the full TCP checksum into `packet` if it is an unfragmented IPv4 TCP segment
@@ -394,6 +404,23 @@ impl PortEndpoint {
         socket.set_timeout(Some(TCP_TIMEOUT.into()));
         if socket.listen(METADATA_PORT).is_ok() {
             self.listener = Some(self.sockets.add(socket));
+        }
+    }
+
+    /// Whether a connection from `peer` exists.
+    fn has_connection_from(&self, peer: IpEndpoint) -> bool {
+        self.connections.iter().any(|conn| {
+            self.sockets
+                .get::<tcp::Socket>(conn.handle)
+                .remote_endpoint()
+                == Some(peer)
+        })
+    }
+
+    /// Removes the listening socket (the next `run` listens anew).
+    fn drop_listener(&mut self) {
+        if let Some(handle) = self.listener.take() {
+            self.sockets.remove(handle);
         }
     }
 
