@@ -303,9 +303,15 @@ impl MmioTransport {
             self.reset();
             return;
         }
-        // NEEDS_RESET is the device's to set; the driver only ever sets bits, never clears them.
+        // Reserved bits are dropped, NEEDS_RESET is the device's to set, and the driver only
+        // ever sets bits, never clears them.
+        const DRIVER_BITS: u32 = VIRTIO_CONFIG_S_ACKNOWLEDGE
+            | VIRTIO_CONFIG_S_DRIVER
+            | VIRTIO_CONFIG_S_FEATURES_OK
+            | VIRTIO_CONFIG_S_DRIVER_OK
+            | VIRTIO_CONFIG_S_FAILED;
         let old = self.status;
-        let value = (value & !VIRTIO_CONFIG_S_NEEDS_RESET) | (old & VIRTIO_CONFIG_S_NEEDS_RESET);
+        let value = (value & DRIVER_BITS) | (old & VIRTIO_CONFIG_S_NEEDS_RESET);
         if old & !value != 0 {
             debug!("virtio-mmio: driver tried to clear status bits {old:#x} -> {value:#x}");
             return;

@@ -61,6 +61,15 @@ pub mod mmio;
 pub mod net;
 pub mod tap;
 
+#[cfg(test)]
+mod block_tests;
+#[cfg(test)]
+mod mmio_tests;
+#[cfg(test)]
+mod net_tests;
+#[cfg(test)]
+mod test_utils;
+
 use std::os::fd::RawFd;
 
 use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
