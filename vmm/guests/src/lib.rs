@@ -16,6 +16,8 @@
 //!
 //! What the runtime gives a guest:
 //! - [`serial`]: `print!`/`println!` to the 8250 at 0x3f8 (the VMM's console), SMP-safe.
+//!   Print large numbers with [`serial::Dec`]: core's decimal formatting uses SSE, which
+//!   kvm-pvm cannot run (guests are built without SSE, see `.cargo/config.toml`).
 //! - [`boot`]: the zero page kumo-vmm filled: command line, e820 map, and
 //!   [`boot::virtio_mmio_devices`] that parses the `virtio_mmio.device=` fragments.
 //! - [`io`]: port I/O and volatile MMIO accessors.

@@ -56,3 +56,30 @@ macro_rules! println {
     () => { $crate::serial::write_fmt(format_args!("\n")) };
     ($($arg:tt)*) => { $crate::serial::write_fmt(format_args!("{}\n", format_args!($($arg)*))) };
 }
+
+/// An integer printed in decimal without `core`'s formatting code.
+///
+/// The prebuilt `core` is compiled with SSE2, and its decimal integer formatting uses SSE
+/// instructions for numbers of four digits or more; under kvm-pvm (software nested KVM) any SSE
+/// instruction in a guest's supervisor mode fails KVM's emulation. Print numbers that may be
+/// large as `Dec(n)` (or in hex, `{:#x}`, which does not use SSE).
+#[derive(Clone, Copy, Debug)]
+pub struct Dec(pub u64);
+
+impl fmt::Display for Dec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut buf = [0u8; 20];
+        let mut i = buf.len();
+        let mut n = self.0;
+        loop {
+            i -= 1;
+            buf[i] = b'0' + (n % 10) as u8;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
+        }
+        // SAFETY: only ASCII digits were written.
+        f.write_str(unsafe { core::str::from_utf8_unchecked(&buf[i..]) })
+    }
+}
