@@ -116,7 +116,7 @@ pub fn boot_sregs(base: &kvm_sregs, mode: EntryMode) -> kvm_sregs {
         EntryMode::Long64 { .. } => {
             s.cr0 = (s.cr0 | X86_CR0_PE | X86_CR0_PG | X86_CR0_ET) & !(1 << 30 | 1 << 29); // CD, NW off
             s.cr3 = PML4_START;
-            s.cr4 |= X86_CR4_PAE;
+            s.cr4 |= X86_CR4_PAE | (3 << 9);
             s.efer |= EFER_LME | EFER_LMA;
         }
         EntryMode::Pvh { .. } => {
