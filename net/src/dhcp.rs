@@ -170,7 +170,8 @@ pub fn handle(request: &[u8], lease: &DhcpLease) -> Result<Option<DhcpReply>, Dh
 }
 
 /// Rejects options whose length dhcproto would assert on instead of returning an error:
-/// rapid commit (80) must be empty, client FQDN (81) at least 3 bytes, client network interface
+/// rapid commit (80) must be empty, bulk leasequery status (151) at least 1 byte, client FQDN
+/// (81) at least 3 bytes, client network interface
 /// (94) 3 bytes, bulk leasequery times (152-155) 4 bytes.
 fn check_option_lengths(msg: &[u8]) -> Result<(), DhcpError> {
     const OPTIONS_START: usize = 240; // fixed header + magic cookie
@@ -191,6 +192,7 @@ fn check_option_lengths(msg: &[u8]) -> Result<(), DhcpError> {
         let len = usize::from(len);
         let ok = match code {
             80 => len == 0,
+            151 => len >= 1,
             81 => len >= 3,
             94 => len == 3,
             152..=155 => len == 4,

@@ -185,6 +185,9 @@ fn parse_arp(b: &[u8]) -> Result<Arp, DropReason> {
 }
 
 fn parse_ipv4(buf: &[u8], off: usize, vnet: &VnetHdr) -> Result<Ipv4Info, DropReason> {
+    if buf.len() < off + 20 {
+        return Err(DropReason::Truncated);
+    }
     let ip = Ipv4HeaderSlice::from_slice(&buf[off..]).map_err(|_| DropReason::BadIpHeader)?;
     let hlen = usize::from(ip.ihl()) * 4;
     let total = usize::from(ip.total_len());

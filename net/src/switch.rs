@@ -451,7 +451,7 @@ impl Switch {
             return self.drop_frame(&eni.id, DropReason::NoRoute, "ENI's VPC no longer exists");
         };
         if pkt.dst == METADATA_IPV4 {
-            return self.metadata_ingress(now, in_port, eni, buf, info);
+            return self.metadata_ingress(now, in_port, eni, vnet, buf, info);
         }
         if (pkt.dst == vpc.dns_server() || pkt.dst == dns::LINK_LOCAL_DNS)
             && matches!(
@@ -761,6 +761,7 @@ impl Switch {
         now: Instant,
         in_port: PortId,
         eni: &Eni,
+        vnet: &VnetHdr,
         buf: &[u8],
         info: &Ipv4Info,
     ) -> Verdict {
@@ -785,10 +786,21 @@ impl Switch {
                 "metadata over 1024 packets/s",
             );
         }
+        if vnet.is_gso() {
+            return self.drop_frame(
+                &eni.id,
+                DropReason::BadRequest,
+                "segmentation-offloaded packet to the metadata service",
+            );
+        }
         self.counters.metadata_packets += 1;
-        let replies = self
-            .metadata
-            .ingress(in_port, &buf[info.ip_offset..info.ip_end], now);
+        let ip = &buf[info.ip_offset..info.ip_end];
+        // With checksum offload the TCP checksum is partial; the service completes it.
+        let replies = if vnet.flags & VnetHdr::F_NEEDS_CSUM != 0 {
+            self.metadata.ingress_partial_checksum(in_port, ip, now)
+        } else {
+            self.metadata.ingress(in_port, ip, now)
+        };
         for r in replies {
             let frame = packet::ethernet_wrap(eni.mac, ROUTER_MAC, &r);
             self.generated.push((in_port, frame));
