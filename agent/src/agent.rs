@@ -166,12 +166,14 @@ pub fn apply_lease(root: &std::path::Path, name: &str, lease: &Lease) -> Result<
         let etc = root.join("etc");
         let _ = std::fs::create_dir_all(&etc);
         let path = etc.join("resolv.conf");
-        // A dangling symlink (to systemd-resolved's file) would make the write fail: replace it.
-        if std::fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_symlink()) {
+        // Images often link /etc/resolv.conf into /run (kumo-minimal: ../run/resolv.conf): write
+        // through the link; replace it only when its target cannot be written (dangling into a
+        // directory that does not exist, as systemd-resolved's when it is not running).
+        if std::fs::write(&path, &text).is_err() {
             let _ = std::fs::remove_file(&path);
-        }
-        if let Err(e) = std::fs::write(&path, text) {
-            tracing::warn!("cannot write {}: {e}", path.display());
+            if let Err(e) = std::fs::write(&path, &text) {
+                tracing::warn!("cannot write {}: {e}", path.display());
+            }
         }
     }
     Ok(())
