@@ -195,6 +195,11 @@ fn spawn_renewal(sock: PacketSocket, name: String, mac: [u8; 6], lease: Lease, c
             loop {
                 match dhcp::renew(&sock, mac, &lease, &config) {
                     Ok(Some(new)) => {
+                        tracing::info!(
+                            "DHCP lease for {} on {name} renewed for {}s",
+                            new.address,
+                            new.lease_secs.unwrap_or(0)
+                        );
                         if new.address != lease.address {
                             let _ = apply_lease(std::path::Path::new("/"), &name, &new);
                         }

@@ -273,7 +273,7 @@ pub fn run_logged(
         }
     };
     // Let the output catch up (EOF comes at once unless something still holds the pipe).
-    let _ = done_rx.recv_timeout(Duration::from_millis(500));
+    let _ = done_rx.recv_timeout(Duration::from_millis(250));
     outcome
 }
 

@@ -142,17 +142,31 @@ pub fn run(settings: Settings, reporter: Reporter) -> ! {
         let reporter = reporter.clone();
         let children = children.clone();
         std::thread::spawn(move || {
-            if settings.configure_network
-                && let Err(reason) = agent::bring_up_network(&settings, &reporter)
-            {
-                tracing::error!("network not configured: {reason}");
-                reporter.send(Event::NetworkFailed {
-                    interface: settings.interface.clone(),
-                    reason,
+            // A bug in the boot sequence must not take PID 1 (and so the kernel) down with it:
+            // report it and keep reaping.
+            let boot = std::panic::AssertUnwindSafe(|| {
+                if settings.configure_network
+                    && let Err(reason) = agent::bring_up_network(&settings, &reporter)
+                {
+                    tracing::error!("network not configured: {reason}");
+                    reporter.send(Event::NetworkFailed {
+                        interface: settings.interface.clone(),
+                        reason,
+                    });
+                }
+                agent::provision(&settings, &reporter, &children);
+                start_ssh_server(&settings, &children);
+            });
+            if let Err(panic) = std::panic::catch_unwind(boot) {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_default();
+                reporter.send(Event::Warning {
+                    message: format!("kumo-agent's boot sequence failed: {what}"),
                 });
             }
-            agent::provision(&settings, &reporter, &children);
-            start_ssh_server(&settings, &children);
         });
     }
     let Some(signals) = signals else {

@@ -290,6 +290,8 @@ fn start_vpc(t: &Tools, dir: &Path, tag: &str, user_data: &Path) -> Vpc {
     .unwrap();
     let config = serde_json::json!({
         "region": "us-east-1",
+        // Short leases, so that the second boot sees the agent renew its lease.
+        "dhcp_lease_secs": 6,
         "vpcs": [{
             "id": "vpc-0000000000000000a",
             "cidr": "10.0.0.0/16",
@@ -601,7 +603,7 @@ fn agent_boots_as_pid1_on_the_vpc_switch() {
 
     // Second boot of the same instance: the user-data does not run again (bootcmd does), and a
     // SIGTERM from the host (busybox's `reboot` convention) reboots: SIGHUP in a PID namespace.
-    let (mut agent, out, _err) = boot(&rootfs.path, &vpc);
+    let (mut agent, out, err) = boot(&rootfs.path, &vpc);
     let mut console = Vec::new();
     let skipped = read_until(&out, &mut console, Duration::from_secs(60), |e| {
         matches!(e, Event::UserdataSkipped { .. })
@@ -609,6 +611,10 @@ fn agent_boots_as_pid1_on_the_vpc_switch() {
     assert!(skipped.is_some(), "{}", console.join("\n"));
     assert!(console.iter().any(|l| l.contains("bootcmd ran as pid")));
     assert!(!console.iter().any(|l| l.contains("check: hostname")));
+    // The lease (6 s) is renewed at T1 (3 s) with the switch.
+    let renewed = std::iter::from_fn(|| err.recv_timeout(Duration::from_secs(15)).ok())
+        .find(|l| l.contains("DHCP lease for 10.0.1.5 on eth0 renewed"));
+    assert!(renewed.is_some(), "the agent did not renew its DHCP lease");
     // The namespace's init is the child of `unshare`.
     let unshare_pid = agent.0.id();
     let children =
