@@ -171,22 +171,8 @@ pub fn ensure_user(root: &Path, user: &User) -> Result<(Account, bool), AccountE
         .filter(|u| (1000..60000).contains(u))
         .max()
         .map_or(1000, |m| m + 1);
-    let gid = match user.primary_group.as_deref() {
-        Some(g) => match lookup_group(root, g) {
-            Some(gid) => gid,
-            None => {
-                append_line(&root.join("etc/group"), &format!("{g}:x:{uid}:"))?;
-                uid
-            }
-        },
-        None => match lookup_group(root, name) {
-            Some(gid) => gid,
-            None => {
-                append_line(&root.join("etc/group"), &format!("{name}:x:{uid}:"))?;
-                uid
-            }
-        },
-    };
+    // The primary group: the one named, or a private group (both created when missing).
+    let gid = ensure_group(root, user.primary_group.as_deref().unwrap_or(name))?;
     let home = user
         .homedir
         .clone()
@@ -222,6 +208,84 @@ pub fn ensure_user(root: &Path, user: &User) -> Result<(Account, bool), AccountE
         },
         true,
     ))
+}
+
+fn groups_file(root: &Path) -> PathBuf {
+    root.join("etc/group")
+}
+
+/// The gid of `name`, creating the group (next free gid from 1000) when missing.
+pub fn ensure_group(root: &Path, name: &str) -> Result<u32, AccountError> {
+    if let Some(gid) = lookup_group(root, name) {
+        return Ok(gid);
+    }
+    let lines = read_lines(&groups_file(root));
+    let used: Vec<u32> = lines
+        .iter()
+        .filter_map(|l| l.split(':').nth(2)?.parse().ok())
+        .chain(accounts(root).iter().map(|a| a.gid))
+        .collect();
+    let gid = (1000..60000).find(|g| !used.contains(g)).unwrap_or(60000);
+    append_line(&groups_file(root), &format!("{name}:x:{gid}:"))?;
+    Ok(gid)
+}
+
+/// Adds `user` to the member list of `group` (creating the group when missing).
+pub fn add_to_group(root: &Path, user: &str, group: &str) -> Result<(), AccountError> {
+    ensure_group(root, group)?;
+    let path = groups_file(root);
+    let mut changed = false;
+    let lines: Vec<String> = read_lines(&path)
+        .into_iter()
+        .map(|line| {
+            let mut f: Vec<String> = line.split(':').map(str::to_owned).collect();
+            if f.len() >= 3 && f[0] == group {
+                f.resize(4, String::new());
+                let mut members: Vec<&str> = f[3].split(',').filter(|m| !m.is_empty()).collect();
+                if !members.contains(&user) {
+                    members.push(user);
+                    changed = true;
+                }
+                f[3] = members.join(",");
+                f.join(":")
+            } else {
+                line
+            }
+        })
+        .collect();
+    if changed {
+        let mut text = lines.join("\n");
+        text.push('\n');
+        std::fs::write(&path, text).map_err(io_err(&path))?;
+    }
+    Ok(())
+}
+
+/// Writes sudoers rules for `user` to /etc/sudoers.d/90-cloud-init-users (as cloud-init does).
+/// Fails when the image has no sudo (no /etc/sudoers.d).
+pub fn install_sudo_rules(root: &Path, user: &str, rules: &[String]) -> Result<(), String> {
+    let dir = root.join("etc/sudoers.d");
+    if !dir.is_dir() {
+        return Err(format!(
+            "sudo rules for {user} not installed: the image has no sudo (/etc/sudoers.d)"
+        ));
+    }
+    let path = dir.join("90-cloud-init-users");
+    let mut text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|_| "# Created by kumo-agent from the user-data\n".into());
+    for rule in rules {
+        if rule.contains('\n') {
+            return Err(format!("sudo rule for {user} spans lines; not installed"));
+        }
+        let line = format!("{user} {rule}");
+        if !text.lines().any(|l| l == line) {
+            text.push_str(&line);
+            text.push('\n');
+        }
+    }
+    std::fs::write(&path, text).map_err(|e| format!("{}: {e}", path.display()))?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o440))
+        .map_err(|e| format!("{}: {e}", path.display()))
 }
 
 /// Appends keys that are not already there to the account's `~/.ssh/authorized_keys`
@@ -325,8 +389,9 @@ mod tests {
             ..User::default()
         };
         let (b, _) = ensure_user(d.path(), &bob).unwrap();
-        assert_eq!((b.uid, b.gid), (1001, 1001));
-        assert_eq!(lookup_group(d.path(), "bob"), Some(1001));
+        // The lowest free gid: alice's primary group is wheel, so 1000 is still free.
+        assert_eq!((b.uid, b.gid), (1001, 1000));
+        assert_eq!(lookup_group(d.path(), "bob"), Some(1000));
 
         let keys = vec![
             "ssh-ed25519 AAAA a".to_string(),
@@ -341,6 +406,27 @@ mod tests {
         assert_eq!(text, "ssh-ed25519 AAAA a\nssh-ed25519 AAAA b\n");
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
+    }
+
+    #[test]
+    fn groups_and_sudo() {
+        let d = image();
+        assert_eq!(ensure_group(d.path(), "wheel").unwrap(), 10);
+        let gid = ensure_group(d.path(), "docker").unwrap();
+        assert_eq!(gid, 1000);
+        add_to_group(d.path(), "alice", "wheel").unwrap();
+        add_to_group(d.path(), "bob", "wheel").unwrap();
+        add_to_group(d.path(), "alice", "wheel").unwrap();
+        let group = std::fs::read_to_string(d.path().join("etc/group")).unwrap();
+        assert_eq!(group, "root:x:0:\nwheel:x:10:alice,bob\ndocker:x:1000:\n");
+        let rules = vec!["ALL=(ALL) NOPASSWD:ALL".to_string()];
+        assert!(install_sudo_rules(d.path(), "alice", &rules).is_err());
+        std::fs::create_dir_all(d.path().join("etc/sudoers.d")).unwrap();
+        install_sudo_rules(d.path(), "alice", &rules).unwrap();
+        install_sudo_rules(d.path(), "alice", &rules).unwrap();
+        let text =
+            std::fs::read_to_string(d.path().join("etc/sudoers.d/90-cloud-init-users")).unwrap();
+        assert_eq!(text.matches("alice ALL=(ALL) NOPASSWD:ALL").count(), 1);
     }
 
     #[test]

@@ -5,9 +5,10 @@
 //! gzip+base64/text/plain, `permissions` as an octal string or number, `owner` `user:group`,
 //! `append`, `defer`), `ssh_authorized_keys`, `hostname`, `fqdn`, `preserve_hostname`,
 //! `manage_etc_hosts`, `users` (`default`, a name, or a mapping with `name`,
-//! `ssh_authorized_keys`/`ssh-authorized-keys`, `gecos`, `homedir`, `shell`, `primary_group`), and
-//! `final_message`. Other keys, and values of the wrong shape, become warnings: parsing never
-//! fails because of one bad key, only when the document is not YAML or not a mapping.
+//! `ssh_authorized_keys`/`ssh-authorized-keys`, `gecos`, `homedir`, `shell`, `primary_group`,
+//! `groups`, `sudo`, `lock_passwd`), `groups`, and `final_message`. Other keys, and values of
+//! the wrong shape, become warnings: parsing never fails because of one bad key, only when the
+//! document is not YAML or not a mapping.
 //!
 //! Several cloud-config parts are merged in order: lists are appended, scalars are replaced by
 //! the later part. (cloud-init's default merge replaces lists; appending is what a user who splits
@@ -100,6 +101,10 @@ pub struct User {
     pub homedir: Option<String>,
     pub shell: Option<String>,
     pub primary_group: Option<String>,
+    /// Supplementary groups (created when missing).
+    pub groups: Vec<String>,
+    /// sudoers rules (`ALL=(ALL) NOPASSWD:ALL`).
+    pub sudo: Vec<String>,
 }
 
 /// The parsed cloud-config.
@@ -114,6 +119,8 @@ pub struct CloudConfig {
     pub preserve_hostname: bool,
     pub manage_etc_hosts: bool,
     pub users: Vec<User>,
+    /// Top-level `groups`: each group and the users to add to it.
+    pub groups: Vec<(String, Vec<String>)>,
     pub final_message: Option<String>,
     /// What was ignored, and why.
     pub warnings: Vec<String>,
@@ -132,7 +139,6 @@ const KNOWN_UNSUPPORTED: &[&str] = &[
     "chpasswd",
     "password",
     "ssh_pwauth",
-    "groups",
     "ntp",
     "timezone",
     "locale",
@@ -188,6 +194,7 @@ impl CloudConfig {
                         || boolean(&key, &value, &mut cfg.warnings)
                 }
                 "users" => cfg.users = users(&value, &mut cfg.warnings),
+                "groups" => cfg.groups = groups(&value, &mut cfg.warnings),
                 "final_message" => cfg.final_message = scalar(&key, &value, &mut cfg.warnings),
                 k if KNOWN_UNSUPPORTED.contains(&k) => cfg.warnings.push(format!(
                     "cloud-config key '{k}' is not supported by kumo-agent (use the debian-12 image with cloud-init for it); ignored"
@@ -207,6 +214,7 @@ impl CloudConfig {
         self.write_files.extend(later.write_files);
         self.ssh_authorized_keys.extend(later.ssh_authorized_keys);
         self.users.extend(later.users);
+        self.groups.extend(later.groups);
         self.warnings.extend(later.warnings);
         if later.hostname.is_some() {
             self.hostname = later.hostname;
@@ -511,6 +519,38 @@ fn users(y: &Yaml, warnings: &mut Vec<String>) -> Vec<User> {
                         keys.extend(strings(&format!("users[{i}].{k}"), v, warnings));
                     }
                 }
+                let sudo = match get("sudo") {
+                    None | Some(Yaml::Null) | Some(Yaml::Boolean(false)) => Vec::new(),
+                    Some(v) => strings(&format!("users[{i}].sudo"), v, warnings),
+                };
+                let groups = match get("groups") {
+                    None | Some(Yaml::Null) => Vec::new(),
+                    Some(Yaml::String(s)) => s
+                        .split(',')
+                        .map(|g| g.trim().to_string())
+                        .filter(|g| !g.is_empty())
+                        .collect(),
+                    Some(v) => strings(&format!("users[{i}].groups"), v, warnings),
+                };
+                let groups = groups
+                    .into_iter()
+                    .filter(|g| {
+                        let ok = valid_user_name(g);
+                        if !ok {
+                            warnings.push(format!(
+                                "users[{i}]: group {g:?} is not a valid name; ignored"
+                            ));
+                        }
+                        ok
+                    })
+                    .collect();
+                if let Some(v) = get("lock_passwd")
+                    && !boolean(&format!("users[{i}].lock_passwd"), v, warnings)
+                {
+                    warnings.push(format!(
+                        "users[{i}] ({name}): passwords are not supported by kumo-agent; the account stays locked (SSH keys only)"
+                    ));
+                }
                 for k in map.keys().filter_map(Yaml::as_str) {
                     if !matches!(
                         k,
@@ -521,6 +561,9 @@ fn users(y: &Yaml, warnings: &mut Vec<String>) -> Vec<User> {
                             | "homedir"
                             | "shell"
                             | "primary_group"
+                            | "groups"
+                            | "sudo"
+                            | "lock_passwd"
                     ) {
                         warnings.push(format!(
                             "users[{i}] ({name}): key '{k}' is not supported by kumo-agent; ignored"
@@ -534,12 +577,70 @@ fn users(y: &Yaml, warnings: &mut Vec<String>) -> Vec<User> {
                     homedir: get("homedir").and_then(scalar_text),
                     shell: get("shell").and_then(scalar_text),
                     primary_group: get("primary_group").and_then(scalar_text),
+                    groups,
+                    sudo,
                 });
             }
             other => warnings.push(format!(
                 "users[{i}] must be a name or a mapping, found {}; ignored",
                 type_name(other)
             )),
+        }
+    }
+    out
+}
+
+fn groups(y: &Yaml, warnings: &mut Vec<String>) -> Vec<(String, Vec<String>)> {
+    let items: Vec<Yaml> = match y {
+        Yaml::Null => return Vec::new(),
+        Yaml::Array(items) => items.clone(),
+        Yaml::String(s) => s
+            .split(',')
+            .map(|n| Yaml::String(n.trim().to_string()))
+            .collect(),
+        // cloud-init also accepts a mapping of group -> members.
+        Yaml::Hash(h) => h
+            .iter()
+            .map(|(k, v)| {
+                let mut m = yaml_rust2::yaml::Hash::new();
+                m.insert(k.clone(), v.clone());
+                Yaml::Hash(m)
+            })
+            .collect(),
+        other => {
+            warnings.push(format!(
+                "'groups' must be a list, found {}; ignored",
+                type_name(other)
+            ));
+            return Vec::new();
+        }
+    };
+    let mut out = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        let (name, members) = match item {
+            Yaml::String(n) => (n.clone(), Vec::new()),
+            Yaml::Hash(h) if h.len() == 1 => {
+                let (k, v) = h.iter().next().expect("one entry");
+                let Some(name) = scalar_text(k) else {
+                    warnings.push(format!("groups[{i}] has no name; ignored"));
+                    continue;
+                };
+                (name, strings(&format!("groups[{i}]"), v, warnings))
+            }
+            other => {
+                warnings.push(format!(
+                    "groups[{i}] must be a name or a mapping, found {}; ignored",
+                    type_name(other)
+                ));
+                continue;
+            }
+        };
+        if valid_user_name(&name) {
+            out.push((name, members));
+        } else if !name.is_empty() {
+            warnings.push(format!(
+                "groups[{i}]: {name:?} is not a valid group name; ignored"
+            ));
         }
     }
     out
@@ -599,6 +700,11 @@ users:
   - name: alice
     ssh-authorized-keys: [ "ssh-ed25519 AAAA alice" ]
     sudo: ALL=(ALL) NOPASSWD:ALL
+    groups: [wheel, docker]
+    passwd: x
+groups:
+  - admins
+  - ops: [alice, bob]
 packages: [nginx]
 frobnicate: 1
 "#
@@ -641,7 +747,19 @@ frobnicate: 1
         assert!(w.contains("unknown cloud-config key 'frobnicate'"), "{w}");
         assert!(w.contains("not absolute"), "{w}");
         assert!(w.contains("has no path"), "{w}");
-        assert!(w.contains("'sudo' is not supported"), "{w}");
+        assert!(w.contains("'passwd' is not supported"), "{w}");
+        assert_eq!(cfg.users[1].sudo, vec!["ALL=(ALL) NOPASSWD:ALL"]);
+        assert_eq!(cfg.users[1].groups, vec!["wheel", "docker"]);
+        assert_eq!(
+            cfg.groups,
+            vec![
+                ("admins".to_string(), vec![]),
+                (
+                    "ops".to_string(),
+                    vec!["alice".to_string(), "bob".to_string()]
+                )
+            ]
+        );
     }
 
     #[test]

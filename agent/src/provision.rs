@@ -417,11 +417,32 @@ impl Provisioner {
             }
         }
 
+        for (group, members) in &cfg.groups {
+            let result = accounts::ensure_group(&self.root, group).and_then(|_| {
+                members
+                    .iter()
+                    .try_for_each(|m| accounts::add_to_group(&self.root, m, group))
+            });
+            if let Err(e) = result {
+                run.fail(&format!("groups {group}"), 1, e.to_string());
+            }
+        }
         for user in &cfg.users {
             match accounts::ensure_user(&self.root, user) {
                 Ok((account, created)) => {
                     if created {
                         tracing::info!("created user {}", account.name);
+                    }
+                    for group in &user.groups {
+                        if let Err(e) = accounts::add_to_group(&self.root, &account.name, group) {
+                            run.fail(&format!("users {} groups", account.name), 1, e.to_string());
+                        }
+                    }
+                    if !user.sudo.is_empty()
+                        && let Err(e) =
+                            accounts::install_sudo_rules(&self.root, &account.name, &user.sudo)
+                    {
+                        run.fail(&format!("users {} sudo", account.name), 1, e);
                     }
                     if !user.ssh_authorized_keys.is_empty() {
                         self.install_keys(&account, &user.ssh_authorized_keys);

@@ -359,3 +359,49 @@ fn check_userdata_command() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("REJECTED:"));
 }
+
+#[test]
+fn cloud_config_users_groups_sudo_and_keys() {
+    let img = image();
+    std::fs::create_dir_all(img.path().join("etc/sudoers.d")).unwrap();
+    let user_data = r#"#cloud-config
+users:
+  - default
+  - name: alice
+    groups: wheel, docker
+    sudo: ALL=(ALL) NOPASSWD:ALL
+    shell: /bin/sh
+    ssh_authorized_keys:
+      - ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAlice alice@laptop
+ssh_authorized_keys:
+  - ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIRoot root@laptop
+"#;
+    let server = ImdsServer::start(
+        TokenMode::Required,
+        instance_meta("i-5", "10.0.1.11"),
+        Some(user_data.as_bytes().to_vec()),
+    );
+    let run = run_agent(&server, img.path(), &[]);
+    assert_eq!(run.code, 0);
+    let r = img.path();
+    let passwd = std::fs::read_to_string(r.join("etc/passwd")).unwrap();
+    assert!(
+        passwd.contains("alice:x:1000:1000::/home/alice:/bin/sh"),
+        "{passwd}"
+    );
+    let group = std::fs::read_to_string(r.join("etc/group")).unwrap();
+    assert!(group.contains("wheel:x:1001:alice"), "{group}");
+    assert!(group.contains("docker:x:1002:alice"), "{group}");
+    let sudoers = std::fs::read_to_string(r.join("etc/sudoers.d/90-cloud-init-users")).unwrap();
+    assert!(sudoers.contains("alice ALL=(ALL) NOPASSWD:ALL"));
+    let alice_keys = std::fs::read_to_string(r.join("home/alice/.ssh/authorized_keys")).unwrap();
+    assert!(alice_keys.contains("alice@laptop"));
+    // Top-level keys go to the default user (root in an image without ec2-user/admin).
+    let root_keys = std::fs::read_to_string(r.join("root/.ssh/authorized_keys")).unwrap();
+    assert!(root_keys.contains("root@laptop"));
+    assert!(run.events.contains(&Event::SshKeysInstalled {
+        user: "alice".into(),
+        path: "/home/alice/.ssh/authorized_keys".into(),
+        count: 1
+    }));
+}
