@@ -405,3 +405,26 @@ ssh_authorized_keys:
         count: 1
     }));
 }
+
+#[test]
+fn boothooks_and_bootcmd_run_every_boot_the_rest_once() {
+    let img = image();
+    let user_data = "Content-Type: multipart/mixed; boundary=B\nMIME-Version: 1.0\n\n\
+--B\nContent-Type: text/cloud-boothook\n\n#cloud-boothook\necho early-hook-ran\n\
+--B\nContent-Type: text/cloud-config\n\n#cloud-config\nbootcmd: [echo bootcmd-ran]\nruncmd: [echo runcmd-ran]\n\
+--B--\n";
+    let server = ImdsServer::start(
+        TokenMode::Required,
+        instance_meta("i-6", "10.0.1.12"),
+        Some(user_data.as_bytes().to_vec()),
+    );
+    let first = run_agent(&server, img.path(), &[]);
+    assert_eq!(first.code, 0);
+    for text in ["early-hook-ran", "bootcmd-ran", "runcmd-ran"] {
+        assert!(first.stdout.contains(text), "first boot lacks {text}");
+    }
+    let second = run_agent(&server, img.path(), &[]);
+    assert!(second.stdout.contains("early-hook-ran"));
+    assert!(second.stdout.contains("bootcmd-ran"));
+    assert!(!second.stdout.contains("runcmd-ran"));
+}
