@@ -249,12 +249,7 @@ mod tests {
                 timeout_ms: Some(50)
             })
         );
-        for bad in [
-            &b"{}"[..],
-            b"{\"op\":\"reboot\"}",
-            b"nonsense",
-            b"\xff\xfe",
-        ] {
+        for bad in [&b"{}"[..], b"{\"op\":\"reboot\"}", b"nonsense", b"\xff\xfe"] {
             assert!(parse_request(bad).is_err());
         }
     }

@@ -18,7 +18,7 @@
 //!
 //! | status | meaning |
 //! |---|---|
-//! | 0 | the guest ended: reset through the i8042, triple fault (reset), KVM power-off/reset event, halted with interrupts off on every vCPU, or stopped through the API socket |
+//! | 0 | the guest ended: reset through the i8042, triple fault (reset), KVM power-off/reset event, halted with interrupts off on every vCPU, or stopped through the API socket or by SIGTERM, SIGINT or SIGHUP |
 //! | 1 | the VMM failed: setup (no /dev/kvm, kernel missing or not a kernel, TAP missing, memory too small, ...) or a runtime failure; one line on stderr says which |
 //! | 2 | bad command line or configuration |
 //! | 3 | the guest crashed in a way KVM reports (emulation failure, entry failure) |

@@ -10,10 +10,50 @@ use crate::vstate::kvm::KvmContext;
 use crate::vstate::vcpu::{self, Vcpu, VcpuHandle};
 use crate::vstate::vm::Vm;
 use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, SubscriberOps};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::signal::register_signal_handler;
+
+/// The exit eventfd a termination signal writes (set once, before any handler is installed).
+static TERM_EVENTFD: AtomicI32 = AtomicI32::new(-1);
+/// The termination signal received, or 0.
+static TERM_SIGNAL: AtomicI32 = AtomicI32::new(0);
+
+extern "C" fn on_terminate(sig: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    TERM_SIGNAL.store(sig, Ordering::SeqCst);
+    let fd = TERM_EVENTFD.load(Ordering::SeqCst);
+    if fd >= 0 {
+        let one: u64 = 1;
+        // SAFETY: write(2) is async-signal-safe; `one` outlives the call and `fd` is the
+        // exit eventfd, which lives as long as the process runs the VM.
+        unsafe { libc::write(fd, (&one as *const u64).cast(), 8) };
+    }
+}
+
+/// SIGTERM, SIGINT and SIGHUP stop the VM cleanly (exit status 0, reason on stderr).
+fn install_termination_handlers(exit: &ExitSignal) -> Result<(), String> {
+    TERM_EVENTFD.store(exit.eventfd().as_raw_fd(), Ordering::SeqCst);
+    for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
+        register_signal_handler(sig, on_terminate)
+            .map_err(|e| format!("cannot handle signal {sig}: {e}"))?;
+    }
+    Ok(())
+}
+
+fn termination_reason() -> Option<VmExit> {
+    let name = match TERM_SIGNAL.load(Ordering::SeqCst) {
+        0 => return None,
+        libc::SIGTERM => "SIGTERM",
+        libc::SIGINT => "SIGINT",
+        libc::SIGHUP => "SIGHUP",
+        _ => "a signal",
+    };
+    Some(VmExit::Stopped(format!("received {name}")))
+}
 
 /// What the event loop holds.
 pub type Subscriber = Arc<Mutex<dyn MutEventSubscriber + Send>>;
@@ -150,6 +190,9 @@ impl Vmm {
         if let Err(e) = vcpu::install_kick_handler() {
             return VmExit::VmmError(e.to_string());
         }
+        if let Err(e) = install_termination_handlers(&self.exit) {
+            return VmExit::VmmError(e);
+        }
         let filters = if use_seccomp {
             match (seccomp::vcpu_filter(), seccomp::vmm_filter()) {
                 (Ok(v), Ok(m)) => Some((Arc::new(v), m)),
@@ -174,7 +217,7 @@ impl Vmm {
         let mut next_check = Instant::now() + HALT_CHECK_PERIOD;
         let mut all_halted_before = false;
         loop {
-            if let Some(reason) = self.exit.reason() {
+            if let Some(reason) = self.exit.reason().or_else(termination_reason) {
                 return reason;
             }
             let now = Instant::now();
@@ -185,7 +228,7 @@ impl Vmm {
             if let Err(e) = self.event_manager.run_with_timeout(wait.max(1)) {
                 return VmExit::VmmError(format!("event loop failed: {e:?}"));
             }
-            if let Some(reason) = self.exit.reason() {
+            if let Some(reason) = self.exit.reason().or_else(termination_reason) {
                 return reason;
             }
             let now = Instant::now();

@@ -127,3 +127,26 @@ fn shutdown_deadline_stops_a_guest_that_ignores_it() {
         "{run}"
     );
 }
+
+#[test]
+fn sigterm_stops_cleanly() {
+    if !kvm_available("sigterm_stops_cleanly") {
+        return;
+    }
+    let dir = tempdir();
+    let sock = dir.path().join("api.sock");
+    let vm = start_idle(&sock, "console=ttyS0");
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &vm.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let run = vm.wait();
+    run.assert_success();
+    assert_eq!(
+        run.stderr_lines(),
+        vec!["kumo-vmm: stopped: received SIGTERM"],
+        "{run}"
+    );
+    assert!(!sock.exists(), "the socket file is removed on exit");
+}

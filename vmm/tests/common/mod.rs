@@ -367,6 +367,20 @@ impl RunningVmm {
         false
     }
 
+    /// Kills the process now and collects everything (`timed_out` is false unless it had
+    /// already ended by itself, in which case `status` is its own).
+    pub fn kill(mut self) -> VmmRun {
+        if let Some(c) = self.child.as_mut()
+            && matches!(c.try_wait(), Ok(None))
+        {
+            let _ = c.kill();
+        }
+        self.timeout = Duration::ZERO;
+        let mut run = self.wait();
+        run.timed_out = false;
+        run
+    }
+
     /// Waits for the process to end (killing it at the time limit) and collects everything.
     pub fn wait(mut self) -> VmmRun {
         let mut child = self.child.take().expect("not waited yet");
