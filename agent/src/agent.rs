@@ -233,7 +233,14 @@ fn spawn_renewal(sock: PacketSocket, name: String, mac: [u8; 6], lease: Lease, c
 
 /// Everything after the network: metadata, hostname, keys, user-data. Returns the user-data's
 /// exit status (0 when there was none).
-pub fn provision(settings: &Settings, reporter: &Reporter, children: &Children) -> i32 {
+/// `lease` is the DHCP lease when the agent configured the network: without metadata, the
+/// hostname still comes from it (`ip-10-0-1-5`, as EC2's DHCP names instances).
+pub fn provision(
+    settings: &Settings,
+    reporter: &Reporter,
+    children: &Children,
+    lease: Option<&Lease>,
+) -> i32 {
     let provisioner = Provisioner {
         root: settings.root.clone(),
         system: settings.root == std::path::Path::new("/"),
@@ -249,12 +256,18 @@ pub fn provision(settings: &Settings, reporter: &Reporter, children: &Children) 
     }) {
         Ok(c) => c,
         Err(e) => {
-            tracing::error!(
-                "{e}. Booting on without metadata: no hostname, SSH keys or user-data from EC2."
-            );
+            tracing::error!("{e}. Booting on without metadata: no SSH keys or user-data from EC2.");
             reporter.send(Event::MetadataUnavailable {
                 reason: e.to_string(),
             });
+            if let Some(lease) = lease {
+                let address = lease.address.to_string();
+                if let Some(name) = imds::ec2_hostname(lease.hostname.as_deref(), Some(&address))
+                    && let Err(e) = provisioner.set_hostname(&name)
+                {
+                    tracing::warn!("hostname from the DHCP lease not set: {e}");
+                }
+            }
             return 0;
         }
     };

@@ -211,11 +211,7 @@ pub fn run_logged(
     cmd.stdin(Stdio::null())
         .stdout(writer)
         .stderr(writer2)
-        .current_dir(if root.join("root").is_dir() {
-            root.join("root")
-        } else {
-            root.to_path_buf()
-        })
+        .current_dir(root)
         .process_group(0);
     if !env.iter().any(|(k, _)| *k == "PATH") {
         cmd.env(

@@ -145,16 +145,21 @@ pub fn run(settings: Settings, reporter: Reporter) -> ! {
             // A bug in the boot sequence must not take PID 1 (and so the kernel) down with it:
             // report it and keep reaping.
             let boot = std::panic::AssertUnwindSafe(|| {
-                if settings.configure_network
-                    && let Err(reason) = agent::bring_up_network(&settings, &reporter)
-                {
-                    tracing::error!("network not configured: {reason}");
-                    reporter.send(Event::NetworkFailed {
-                        interface: settings.interface.clone(),
-                        reason,
-                    });
-                }
-                agent::provision(&settings, &reporter, &children);
+                let lease = settings
+                    .configure_network
+                    .then(|| agent::bring_up_network(&settings, &reporter))
+                    .and_then(|r| {
+                        r.map_err(|reason| {
+                            tracing::error!("network not configured: {reason}");
+                            reporter.send(Event::NetworkFailed {
+                                interface: settings.interface.clone(),
+                                reason,
+                            });
+                        })
+                        .ok()
+                    })
+                    .map(|(_, _, lease)| lease);
+                agent::provision(&settings, &reporter, &children, lease.as_ref());
                 start_ssh_server(&settings, &children);
             });
             if let Err(panic) = std::panic::catch_unwind(boot) {

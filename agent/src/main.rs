@@ -74,8 +74,9 @@ fn env_settings() -> Vec<(String, String)> {
 fn main() {
     let start = Instant::now();
     let args: Vec<String> = std::env::args().skip(1).collect();
+    // PID 1 is init mode, unless `--service` was asked for explicitly (a container's entry point).
     let is_pid1 = std::process::id() == 1;
-    if is_pid1 {
+    if is_pid1 && args.first().map(String::as_str) != Some("--service") {
         // Never exit: PID 1 exiting panics the kernel. Init mode ignores its arguments (the
         // kernel passes unknown boot parameters as arguments).
         init_logging();
@@ -170,16 +171,23 @@ fn service(args: &[String], start: Instant) -> Result<i32> {
             message: format!("setting ignored: {p}"),
         });
     }
-    if settings.configure_network
-        && let Err(reason) = agent::bring_up_network(&settings, &reporter)
-    {
-        reporter.send(Event::NetworkFailed {
-            interface: settings.interface.clone(),
-            reason,
-        });
+    let mut lease = None;
+    if settings.configure_network {
+        match agent::bring_up_network(&settings, &reporter) {
+            Ok((_, _, l)) => lease = Some(l),
+            Err(reason) => reporter.send(Event::NetworkFailed {
+                interface: settings.interface.clone(),
+                reason,
+            }),
+        }
     }
     let children = Children::new(Reaping::PerChild);
-    Ok(agent::provision(&settings, &reporter, &children))
+    Ok(agent::provision(
+        &settings,
+        &reporter,
+        &children,
+        lease.as_ref(),
+    ))
 }
 
 fn check_userdata(path: &PathBuf) -> Result<i32> {

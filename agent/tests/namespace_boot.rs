@@ -273,7 +273,7 @@ struct Vpc {
     switch_stderr: Receiver<String>,
 }
 
-fn start_vpc(t: &Tools, dir: &Path, tag: &str, user_data: &Path) -> Vpc {
+fn start_vpc(t: &Tools, dir: &Path, tag: &str, instance: serde_json::Value) -> Vpc {
     let switch_ns = Netns::new(format!("kagsw{tag}"));
     let instance_ns = Netns::new(format!("kagin{tag}"));
     let sw_dev = format!("kag{tag}s");
@@ -304,12 +304,7 @@ fn start_vpc(t: &Tools, dir: &Path, tag: &str, user_data: &Path) -> Vpc {
             "subnet": "subnet-0000000000000000d",
             "mac": ENI_MAC,
             "private_ip": PRIVATE_IP,
-            "instance": {
-                "instance_id": INSTANCE_ID,
-                "user_data_file": user_data,
-                "public_keys": [{"name": "kumo-test", "openssh_key": PUBLIC_KEY}],
-                "http_tokens": "required"
-            }
+            "instance": instance
         }]
     });
     let config_path = dir.join("switch.json");
@@ -471,7 +466,17 @@ fn agent_boots_as_pid1_on_the_vpc_switch() {
     eprintln!("root file system: {}", rootfs.description);
     let ud_path = dir.path().join("user-data.gz");
     std::fs::write(&ud_path, user_data()).unwrap();
-    let vpc = start_vpc(&t, dir.path(), &tag, &ud_path);
+    let vpc = start_vpc(
+        &t,
+        dir.path(),
+        &tag,
+        serde_json::json!({
+            "instance_id": INSTANCE_ID,
+            "user_data_file": ud_path,
+            "public_keys": [{"name": "kumo-test", "openssh_key": PUBLIC_KEY}],
+            "http_tokens": "required"
+        }),
+    );
 
     // First boot: DHCP, metadata, user-data, then the script's in-guest `poweroff`.
     let started = Instant::now();
@@ -638,4 +643,68 @@ fn agent_boots_as_pid1_on_the_vpc_switch() {
     );
     let status = wait_exit(&mut agent, Duration::from_secs(20)).expect("no exit after SIGTERM");
     assert_eq!(status.signal(), Some(libc::SIGHUP), "{status:?}");
+}
+
+#[test]
+#[ignore = "needs root, the static agent and the switch: scripts/test.d/40-agent runs it"]
+fn agent_boots_on_when_metadata_is_off() {
+    let t = match tools() {
+        Ok(t) => t,
+        Err(reason) => return skip(&reason),
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let tag = format!("{}", (std::process::id() + 1) % 100_000);
+    let rootfs = assemble_root(dir.path(), &t);
+    // HttpEndpoint=disabled: the metadata service refuses everything.
+    let vpc = start_vpc(
+        &t,
+        dir.path(),
+        &tag,
+        serde_json::json!({
+            "instance_id": INSTANCE_ID,
+            "user_data": "#!/bin/sh\necho must-not-run\n",
+            "http_endpoint": "disabled"
+        }),
+    );
+    let (mut agent, out, err) = boot(&rootfs.path, &vpc);
+    let mut console = Vec::new();
+    let unavailable = read_until(&out, &mut console, Duration::from_secs(60), |e| {
+        matches!(e, Event::MetadataUnavailable { .. })
+    });
+    let Some((Event::MetadataUnavailable { reason }, _)) = unavailable else {
+        panic!("no metadata-unavailable\n{}", console.join("\n"));
+    };
+    assert!(reason.contains("disabled"), "{reason}");
+    // Boot goes on: the hostname comes from the DHCP lease, and init still answers poweroff.
+    let hostname = read_until(&out, &mut console, Duration::from_secs(10), |e| {
+        matches!(e, Event::Hostname { .. })
+    });
+    assert_eq!(
+        hostname.map(|h| h.0),
+        Some(Event::Hostname {
+            hostname: "ip-10-0-1-5".into()
+        })
+    );
+    let stderr: Vec<String> =
+        std::iter::from_fn(|| err.recv_timeout(Duration::from_millis(500)).ok()).collect();
+    assert!(
+        stderr
+            .iter()
+            .any(|l| l.contains("Booting on without metadata")),
+        "{stderr:?}"
+    );
+    let unshare_pid = agent.0.id();
+    let children =
+        std::fs::read_to_string(format!("/proc/{unshare_pid}/task/{unshare_pid}/children"))
+            .unwrap_or_default();
+    let init_pid: i32 = children
+        .split_whitespace()
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("no init process");
+    // SAFETY: plain kill(2) of the namespace's init, a process this test started.
+    unsafe { libc::kill(init_pid, libc::SIGUSR2) };
+    let status = wait_exit(&mut agent, Duration::from_secs(20)).expect("no exit after SIGUSR2");
+    assert_eq!(status.signal(), Some(libc::SIGINT), "{status:?}");
+    assert!(!console.iter().any(|l| l.contains("must-not-run")));
 }
