@@ -131,6 +131,10 @@ pub struct MmioTransport {
     shm_sel: u32,
     config_generation: u32,
     host_fd_registered: bool,
+    /// DRIVER_OK was set; the event loop has yet to activate the device.
+    activation_pending: bool,
+    /// The device was activated (and not reset since).
+    activated: bool,
 }
 
 impl std::fmt::Debug for MmioTransport {
@@ -176,6 +180,8 @@ impl MmioTransport {
             shm_sel: 0,
             config_generation: 0,
             host_fd_registered: false,
+            activation_pending: false,
+            activated: false,
         })
     }
 
@@ -213,7 +219,8 @@ impl MmioTransport {
     }
 
     fn active(&self) -> bool {
-        self.status & VIRTIO_CONFIG_S_DRIVER_OK != 0
+        self.activated
+            && self.status & VIRTIO_CONFIG_S_DRIVER_OK != 0
             && self.status & (VIRTIO_CONFIG_S_NEEDS_RESET | VIRTIO_CONFIG_S_FAILED) == 0
     }
 
@@ -256,6 +263,8 @@ impl MmioTransport {
         }
         self.interrupt_status = 0;
         self.status = 0;
+        self.activation_pending = false;
+        self.activated = false;
         self.device_features_sel = 0;
         self.driver_features_sel = 0;
         self.driver_features = 0;
@@ -343,18 +352,30 @@ impl MmioTransport {
         }
         self.status = value;
         if new & VIRTIO_CONFIG_S_DRIVER_OK != 0 && self.status & VIRTIO_CONFIG_S_NEEDS_RESET == 0 {
-            match self.device.activate(self.driver_features) {
-                Ok(()) => {
-                    // Anything the driver queued before DRIVER_OK (or a net device waiting for
-                    // receive buffers) gets a first pass on the event loop.
-                    for (event, queue) in self.queue_events.iter().zip(&self.queues) {
-                        if queue.ready() {
-                            let _ = event.write(1);
-                        }
-                    }
+            // This runs on a vCPU thread, whose seccomp filter allows little more than KVM_RUN:
+            // the device is activated on the event loop (a TAP's offloads are an ioctl), which
+            // the queue events wake. They also give anything the driver queued before DRIVER_OK
+            // (or a net device waiting for receive buffers) a first pass.
+            self.activation_pending = true;
+            for event in &self.queue_events {
+                if let Err(e) = event.write(1) {
+                    warn!("virtio-mmio: cannot wake the event loop to activate the device: {e}");
                 }
-                Err(e) => self.needs_reset(&e),
             }
+        }
+    }
+
+    /// Activates the device if the driver set DRIVER_OK since the last event (event loop).
+    fn activate_if_pending(&mut self) {
+        if !std::mem::take(&mut self.activation_pending)
+            || self.status & VIRTIO_CONFIG_S_DRIVER_OK == 0
+            || self.status & (VIRTIO_CONFIG_S_NEEDS_RESET | VIRTIO_CONFIG_S_FAILED) != 0
+        {
+            return;
+        }
+        match self.device.activate(self.driver_features) {
+            Ok(()) => self.activated = true,
+            Err(e) => self.needs_reset(&e),
         }
     }
 
@@ -477,6 +498,7 @@ impl MmioTransport {
         };
         // Drain the counter; a read error means it was already zero (spurious wakeup).
         let _ = event.read();
+        self.activate_if_pending();
         let active = self.active();
         let mut queues = Queues::new(&self.mem, &mut self.queues, active);
         let result = self.device.process_queue(index, &mut queues);
@@ -494,6 +516,7 @@ impl MmioTransport {
 
     /// Handles input (or an error) on the device's host fd.
     pub fn process_host_event(&mut self, hangup_or_error: bool) {
+        self.activate_if_pending();
         let active = self.active();
         let mut queues = Queues::new(&self.mem, &mut self.queues, active);
         let result = self.device.process_host_event(hangup_or_error, &mut queues);

@@ -133,7 +133,13 @@ fn negotiation_accepts_a_subset_with_version_1() {
     assert_eq!(negotiate(&mut t, 1 << 3), ACK | DRIVER | FEATURES_OK);
     driver_ok(&mut t);
     assert_eq!(t.status(), ACK | DRIVER | FEATURES_OK | DRIVER_OK);
+    // Activation happens on the event loop, which the queue events wake.
+    assert_eq!(seen.activations.load(Ordering::SeqCst), 0);
+    assert_eq!(t.queue_events()[1].read().unwrap(), 1);
+    t.process_queue_event(0);
     assert_eq!(seen.activations.load(Ordering::SeqCst), 1);
+    t.process_queue_event(0);
+    assert_eq!(seen.activations.load(Ordering::SeqCst), 1, "only once");
     assert_eq!(
         *seen.acked.lock().unwrap(),
         (1 << 3) | (1 << VIRTIO_F_VERSION_1)
@@ -207,6 +213,7 @@ fn driver_features_are_only_written_during_negotiation() {
     write_reg(&mut t, 0x24, 0);
     write_reg(&mut t, 0x20, 1 << 3);
     driver_ok(&mut t);
+    t.process_queue_event(0);
     assert_eq!(*seen.acked.lock().unwrap(), 1 << VIRTIO_F_VERSION_1);
 }
 
@@ -380,8 +387,10 @@ fn failed_activation_needs_a_reset_and_raises_a_config_interrupt() {
     let mut t = MmioTransport::new(Box::new(device), mem.clone()).unwrap();
     negotiate(&mut t, 0);
     driver_ok(&mut t);
+    t.process_queue_event(1);
     assert_ne!(t.status() & NEEDS_RESET, 0);
     assert_eq!(read_reg(&mut t, 0x60), 2, "config-change interrupt");
+    assert_eq!(seen.activations.load(Ordering::SeqCst), 1);
 }
 
 #[test]

@@ -108,6 +108,10 @@ pub enum DeviceError {
 ///
 /// The transport owns the feature negotiation, the virtqueues and the interrupt; the device
 /// owns what is specific to it: its id, features, config space and how it handles requests.
+///
+/// Threads: `read_config`, `write_config` and `reset` run on a vCPU thread (a guest register
+/// access), whose seccomp filter allows hardly any syscall besides KVM_RUN, so they must not do
+/// I/O. `activate`, `process_queue` and `process_host_event` run on the event loop thread.
 pub trait VirtioDevice: Send {
     /// The virtio device id (`virtio_bindings::virtio_ids::VIRTIO_ID_*`).
     fn device_type(&self) -> u32;
@@ -121,7 +125,8 @@ pub trait VirtioDevice: Send {
     fn read_config(&self, offset: u64, data: &mut [u8]);
     /// The driver writes the device config space; devices ignore fields that are read-only.
     fn write_config(&mut self, _offset: u64, _data: &[u8]) {}
-    /// The driver set DRIVER_OK having accepted `acked_features`.
+    /// The driver set DRIVER_OK having accepted `acked_features`. Called on the event loop
+    /// thread before the first queue or host event is handled.
     fn activate(&mut self, acked_features: u64) -> Result<(), DeviceError>;
     /// The driver reset the device: drop whatever is in flight.
     fn reset(&mut self);

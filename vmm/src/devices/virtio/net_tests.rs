@@ -117,10 +117,13 @@ fn start(
     setup_queue(&mut t, 1, &tx);
     driver_ok(&mut t);
     assert_eq!(t.status() & VIRTIO_CONFIG_S_NEEDS_RESET, 0);
-    // Drain the activation kicks so the tests control every pass.
+    // Activate (on the "event loop") and drain the activation kicks, so that the tests
+    // control every pass.
+    t.process_queue_event(TX_QUEUE);
     for e in t.queue_events() {
         let _ = e.read();
     }
+    assert_eq!(t.status() & VIRTIO_CONFIG_S_NEEDS_RESET, 0);
     (t, [rx, tx])
 }
 
@@ -647,6 +650,7 @@ mod tap {
         setup_queue(&mut t, 0, &rx);
         setup_queue(&mut t, 1, &tx);
         driver_ok(&mut t);
+        t.process_queue_event(TX_QUEUE);
         assert_eq!(
             t.status() & VIRTIO_CONFIG_S_NEEDS_RESET,
             0,
