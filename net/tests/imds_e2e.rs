@@ -1,16 +1,19 @@
 //! End to end: real clients (curl, and cloud-init's own EC2 code) in a network namespace read
 //! the metadata service through its smoltcp TCP termination.
 //!
-//! Test harness, not product code: a veth pair joins a namespace ("the guest", eth0 =
-//! 10.0.1.5/24 with the ENI's MAC, default route via 10.0.1.1) to the host, where a thread
-//! reads the host end with an AF_PACKET socket and plays the VPC router's part for this one
-//! port: it answers every ARP request with the router's MAC and hands each IPv4 packet for
-//! 169.254.169.254 to [`MetadataService::ingress`], framing what comes back as Ethernet from the
-//! router to the guest. (The switch does the same in the product; this keeps the metadata
-//! service's tests independent of it.)
+//! A veth pair joins a namespace ("the guest", eth0 = 10.0.1.5/24 with the ENI's MAC, default
+//! route via 10.0.1.1) to the host, where one of two things serves the host end:
 //!
-//! Needs root, `ip`, `ethtool` (the guest's TX checksum offload is turned off so the host sees
-//! complete checksums) and, per test, curl or cloud-init's runtime (Debian python3 with
+//! * the real VPC switch (`kumo_net::runtime::SwitchRuntime`, configured like the `switch`
+//!   example) with the guest's checksum offload left on, as a guest has it; or
+//! * a test-only stand-in (`RouterStandIn` below, not product code): an AF_PACKET thread that
+//!   answers every ARP request with the router's MAC and hands each IPv4 packet for
+//!   169.254.169.254 straight to [`MetadataService::ingress`]. It keeps the metadata service's
+//!   tests independent of the switch and lets a second namespace sit one routed hop behind the
+//!   guest without NAT (the switch would rightly drop its foreign source address), which is
+//!   how the PUT hop limit is shown end to end.
+//!
+//! Needs root, `ip`, `ethtool` and, per test, curl or cloud-init's runtime (Debian python3 with
 //! requests, yaml, jinja2, jsonpatch, jsonschema, configobj; `scripts/install-deps` installs
 //! them). cloud-init itself is never installed: the test runs `apt-get download cloud-init`
 //! (or uses `$KUMO_CLOUD_INIT_DEB`) and unpacks it into a temporary directory. Whatever is
@@ -30,7 +33,9 @@ use std::time::Instant;
 
 use imds_common::sample_metadata;
 use kumo_net::PortId;
-use kumo_net::imds::{HttpTokens, InstanceMetadata, METADATA_IPV4, MetadataService};
+use kumo_net::config::SwitchConfig;
+use kumo_net::imds::{HttpTokens, ImdsStats, InstanceMetadata, METADATA_IPV4, MetadataService};
+use kumo_net::runtime::SwitchRuntime;
 
 const ROUTER_MAC: [u8; 6] = [0x02, 0x00, 0x00, 0x00, 0x00, 0x01];
 const PORT: PortId = PortId(1);
@@ -98,8 +103,9 @@ struct GuestNamespace {
 static NEXT_ID: AtomicUsize = AtomicUsize::new(0);
 
 impl GuestNamespace {
-    /// Namespace with eth0 = `mac`, 10.0.1.5/24, default route via 10.0.1.1.
-    fn create(mac: [u8; 6]) -> io::Result<Self> {
+    /// Namespace with eth0 = `mac`, 10.0.1.5/24, default route via 10.0.1.1; with
+    /// `tx_checksum_offload` off, the host sees complete checksums on its end of the veth.
+    fn create(mac: [u8; 6], tx_checksum_offload: bool) -> io::Result<Self> {
         let id = format!(
             "{}{}",
             std::process::id() % 100_000,
@@ -147,8 +153,9 @@ impl GuestNamespace {
         ns.exec(&["ip", "link", "set", "lo", "up"])?;
         ns.exec(&["ip", "link", "set", "eth0", "up"])?;
         ns.exec(&["ip", "route", "add", "default", "via", "10.0.1.1"])?;
-        // veth hands the host partially checksummed packets otherwise.
-        ns.exec(&["ethtool", "-K", "eth0", "tx", "off"])?;
+        if !tx_checksum_offload {
+            ns.exec(&["ethtool", "-K", "eth0", "tx", "off"])?;
+        }
         Ok(ns)
     }
 
@@ -430,6 +437,115 @@ fn handle_frame(socket: &PacketSocket, service: &Mutex<MetadataService>, frame: 
     }
 }
 
+// ----- what serves the host end: the real switch or the stand-in -----
+
+/// Who answers the guest's port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Backend {
+    /// kumo's VPC switch (`SwitchRuntime`), the product's data path.
+    Switch,
+    /// The AF_PACKET stand-in above (test harness only).
+    StandIn,
+}
+
+/// A running backend: change the port's metadata, read the service's counters.
+trait MetadataPort {
+    fn set_instance(&self, metadata: InstanceMetadata);
+    fn imds_stats(&self) -> ImdsStats;
+}
+
+impl MetadataPort for RouterStandIn {
+    fn set_instance(&self, metadata: InstanceMetadata) {
+        RouterStandIn::set_instance(self, metadata);
+    }
+
+    fn imds_stats(&self) -> ImdsStats {
+        self.service.lock().unwrap().stats().clone()
+    }
+}
+
+/// The real switch with one ENI port on the veth's host end; stopped on drop.
+struct RealSwitch {
+    runtime: SwitchRuntime,
+    port: PortId,
+}
+
+impl RealSwitch {
+    /// A VPC 10.0.0.0/16 with subnet 10.0.1.0/24 and the ENI of `metadata` on `host_if`,
+    /// configured as the `switch` example's JSON does; the port then serves `metadata`
+    /// exactly (the example derives generated ids, which the assertions don't know).
+    fn start(host_if: &str, metadata: InstanceMetadata) -> Result<Self, String> {
+        let eni = &metadata.interfaces[0];
+        let config = serde_json::json!({
+            "region": metadata.region,
+            "account_id": metadata.account_id,
+            "vpcs": [{
+                "id": eni.vpc_id,
+                "cidr": eni.vpc_ipv4_cidr_blocks[0].to_string(),
+                "subnets": [{
+                    "id": eni.subnet_id,
+                    "cidr": eni.subnet_ipv4_cidr_block.to_string(),
+                    "availability_zone": metadata.availability_zone,
+                }],
+            }],
+            "ports": [{
+                "netdev": host_if,
+                "eni_id": eni.interface_id,
+                "subnet": eni.subnet_id,
+                "mac": kumo_net::imds::metadata::format_mac(&eni.mac),
+                "private_ip": eni.local_ipv4s[0].to_string(),
+                "instance": {"instance_id": metadata.instance_id},
+            }],
+        });
+        let config = SwitchConfig::from_json(&config.to_string()).map_err(|e| e.to_string())?;
+        let (switch, plans) = config.build().map_err(|e| e.to_string())?;
+        let runtime = SwitchRuntime::start(switch).map_err(|e| e.to_string())?;
+        let plan = &plans[0];
+        runtime
+            .attach(plan.port, &plan.netdev, plan.port_role())
+            .map_err(|e| e.to_string())?;
+        let switch = Self {
+            runtime,
+            port: plan.port,
+        };
+        switch.set_instance(metadata);
+        Ok(switch)
+    }
+}
+
+impl MetadataPort for RealSwitch {
+    fn set_instance(&self, metadata: InstanceMetadata) {
+        self.runtime
+            .with_switch(|sw| sw.metadata_mut().set_instance(self.port, metadata));
+    }
+
+    fn imds_stats(&self) -> ImdsStats {
+        self.runtime
+            .with_switch(|sw| sw.metadata_mut().stats().clone())
+    }
+}
+
+/// A guest namespace with `metadata`'s ENI, served by `backend`.
+fn start_guest(
+    backend: Backend,
+    metadata: &InstanceMetadata,
+) -> (GuestNamespace, Box<dyn MetadataPort>) {
+    let mac = metadata.interfaces[0].mac;
+    match backend {
+        Backend::Switch => {
+            // Offload on, as a real guest has it: the switch completes partial checksums.
+            let ns = GuestNamespace::create(mac, true).expect("create namespace");
+            let switch = RealSwitch::start(&ns.host_if, metadata.clone()).expect("start switch");
+            (ns, Box::new(switch))
+        }
+        Backend::StandIn => {
+            let ns = GuestNamespace::create(mac, false).expect("create namespace");
+            let router = RouterStandIn::start(&ns.host_if, metadata.clone()).expect("start router");
+            (ns, Box::new(router))
+        }
+    }
+}
+
 // ----- curl -----
 
 /// Runs curl in a namespace: returns (HTTP status, body). `-w` appends the status.
@@ -450,17 +566,30 @@ fn curl_args<'a>(extra: &[&'a str], path: &'a str) -> Vec<&'a str> {
 const BASE: &str = "http://169.254.169.254";
 
 #[test]
-fn curl_reads_metadata_v1_and_v2_through_the_tcp_termination() {
-    const TEST: &str = "imds_e2e::curl_reads_metadata_v1_and_v2_through_the_tcp_termination";
+fn curl_reads_metadata_v1_and_v2_through_the_switch() {
+    curl_reads_metadata_v1_and_v2(
+        "imds_e2e::curl_reads_metadata_v1_and_v2_through_the_switch",
+        Backend::Switch,
+    );
+}
+
+#[test]
+fn curl_reads_metadata_v1_and_v2_through_the_stand_in() {
+    curl_reads_metadata_v1_and_v2(
+        "imds_e2e::curl_reads_metadata_v1_and_v2_through_the_stand_in",
+        Backend::StandIn,
+    );
+}
+
+fn curl_reads_metadata_v1_and_v2(test: &str, backend: Backend) {
     if let Some(reason) = harness_unavailable() {
-        return skip(TEST, &reason);
+        return skip(test, &reason);
     }
     if !have("curl") {
-        return skip(TEST, "curl not found: run scripts/install-deps");
+        return skip(test, "curl not found: run scripts/install-deps");
     }
     let metadata = sample_metadata();
-    let ns = GuestNamespace::create(metadata.interfaces[0].mac).expect("create namespace");
-    let router = RouterStandIn::start(&ns.host_if, metadata.clone()).expect("start router");
+    let (ns, router) = start_guest(backend, &metadata);
     let url = |path: &str| format!("{BASE}{path}");
 
     // IMDSv1.
@@ -537,9 +666,9 @@ fn curl_reads_metadata_v1_and_v2_through_the_tcp_termination() {
     let (status, body) = curl(&mut ns.command(&curl_args(&["-H", &token_header], &u)));
     assert_eq!((status, body.as_str()), (200, "i-0123456789abcdef0"));
 
-    let stats = router.service.lock().unwrap().stats().clone();
+    let stats = router.imds_stats();
     assert_eq!(stats.dropped_malformed, 0, "{stats:?}");
-    assert!(stats.connections_accepted >= 10);
+    assert!(stats.connections_accepted >= 10, "{stats:?}");
 }
 
 #[test]
@@ -552,7 +681,7 @@ fn the_token_put_does_not_survive_a_routed_hop_with_hop_limit_1() {
         return skip(TEST, "curl not found: run scripts/install-deps");
     }
     let metadata = sample_metadata();
-    let ns = GuestNamespace::create(metadata.interfaces[0].mac).expect("create namespace");
+    let ns = GuestNamespace::create(metadata.interfaces[0].mac, false).expect("create namespace");
     let container = ns.add_container().expect("create the container namespace");
     let router = RouterStandIn::start(&ns.host_if, metadata.clone()).expect("start router");
     let put = [
@@ -675,24 +804,36 @@ fn run_cloud_init(
 }
 
 #[test]
-fn cloud_init_ec2_datasource_reads_metadata_through_the_tcp_termination() {
-    const TEST: &str =
-        "imds_e2e::cloud_init_ec2_datasource_reads_metadata_through_the_tcp_termination";
+fn cloud_init_ec2_datasource_reads_metadata_through_the_switch() {
+    cloud_init_ec2_datasource_reads_metadata(
+        "imds_e2e::cloud_init_ec2_datasource_reads_metadata_through_the_switch",
+        Backend::Switch,
+    );
+}
+
+#[test]
+fn cloud_init_ec2_datasource_reads_metadata_through_the_stand_in() {
+    cloud_init_ec2_datasource_reads_metadata(
+        "imds_e2e::cloud_init_ec2_datasource_reads_metadata_through_the_stand_in",
+        Backend::StandIn,
+    );
+}
+
+fn cloud_init_ec2_datasource_reads_metadata(test: &str, backend: Backend) {
     if let Some(reason) = harness_unavailable() {
-        return skip(TEST, &reason);
+        return skip(test, &reason);
     }
     let python = match cloud_init_python() {
         Ok(python) => python,
-        Err(reason) => return skip(TEST, &reason),
+        Err(reason) => return skip(test, &reason),
     };
     let work = tempfile::tempdir().expect("temp dir");
     let packages = match unpack_cloud_init(work.path()) {
         Ok(packages) => packages,
-        Err(reason) => return skip(TEST, &reason),
+        Err(reason) => return skip(test, &reason),
     };
     let mut metadata = sample_metadata();
-    let ns = GuestNamespace::create(metadata.interfaces[0].mac).expect("create namespace");
-    let router = RouterStandIn::start(&ns.host_if, metadata.clone()).expect("start router");
+    let (ns, router) = start_guest(backend, &metadata);
 
     let seen = run_cloud_init(&ns, python, &packages, work.path());
 
@@ -754,7 +895,7 @@ fn cloud_init_ec2_datasource_reads_metadata_through_the_tcp_termination() {
     assert_eq!(seen["datasource"]["instance_id"], "i-0123456789abcdef0");
     assert_eq!(seen["helpers"]["meta-data"], serde_json::json!({}));
 
-    let stats = router.service.lock().unwrap().stats().clone();
+    let stats = router.imds_stats();
     assert!(stats.responses() > 50, "{stats:?}");
     assert!(stats.responses_by_status.contains_key(&401));
     assert_eq!(stats.connections_timed_out, 0, "{stats:?}");
