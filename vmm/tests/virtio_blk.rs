@@ -60,6 +60,7 @@ fn guest_writes_a_pattern_and_the_host_file_holds_it() {
         "virtio-blk: read the pattern back from sector 3",
         "virtio-blk: serial \"kumo",
         "virtio-blk: bad requests failed one by one",
+        "virtio-blk: bad register writes needed a reset, which recovered the device",
         "virtio-blk: PASS",
     ] {
         assert!(run.serial.contains(line), "missing {line:?}:\n{run}");

@@ -300,5 +300,83 @@ fn main() {
         virtio_driver::interrupt_count(),
         virtio_driver::interrupt_status_seen()
     );
+
+    // Bad register writes: a queue size that is not a power of two, writes to read-only
+    // registers, accesses that are not 32 bits wide, a notify of a queue that does not exist.
+    if let Err(e) = abuse_registers(&disk.dev) {
+        check!(false, "{}", e);
+    }
+    println!("virtio-blk: bad register writes needed a reset, which recovered the device");
+
+    // Set up again from scratch: the device works as before.
+    // SAFETY: the device was reset, so it no longer uses the queue memory.
+    unsafe { QUEUE.bytes_mut() }.fill(0);
+    let recovered = disk.dev.init(F_FLUSH | F_RO).and_then(|_| {
+        let q = Queue::setup(&disk.dev, 0, 8, &QUEUE)?;
+        disk.dev.driver_ok()?;
+        Ok(q)
+    });
+    match recovered {
+        Ok(q) => disk.queue = q,
+        Err(e) => check!(false, "setting up again after the reset: {}", e),
+    }
+    let after = disk.request(
+        T_IN,
+        PATTERN_SECTOR,
+        Some((READ_BUF.phys_addr(), 512, true)),
+    );
+    check!(
+        after.map(|r| r.0) == Some(S_OK),
+        "read after the reset returned {:x?}",
+        after
+    );
     println!("virtio-blk: PASS");
+}
+
+/// Drives the registers the way a confused driver would; the device must refuse, report
+/// DEVICE_NEEDS_RESET where the spec says so, and come back after a reset.
+fn abuse_registers(dev: &Device) -> Result<(), &'static str> {
+    dev.write(0x70, 0);
+    dev.init(F_FLUSH)?;
+    dev.write(0x30, 0);
+    dev.write(0x38, 12); // not a power of two
+    for (low, addr) in [
+        (0x80u64, QUEUE.phys_addr()),
+        (0x90, QUEUE.phys_addr() + 128),
+        (0xa0, QUEUE.phys_addr() + 4096),
+    ] {
+        dev.write(low, addr as u32);
+        dev.write(low + 4, (addr >> 32) as u32);
+    }
+    dev.write(0x44, 1);
+    if dev.read(0x44) != 0 {
+        return Err("a queue of size 12 became ready");
+    }
+    if dev.status() & virtio_driver::STATUS_NEEDS_RESET == 0 {
+        return Err("a queue of size 12 did not set DEVICE_NEEDS_RESET");
+    }
+    // Read-only registers, odd widths, nonexistent queues, the config space.
+    dev.write(0x00, 0xdead_beef);
+    dev.write(0x08, 7);
+    dev.write(0x34, 0xffff_ffff);
+    dev.write(0xfc, 1);
+    guest::io::write8(dev.base + 0x70, 0xff);
+    guest::io::write16(dev.base + 0x44, 1);
+    guest::io::write64(dev.base + 0x30, u64::MAX);
+    dev.write(0x50, 7);
+    dev.write(0x30, 99);
+    dev.write(0x44, 1);
+    dev.write(0x100, 0xffff_ffff);
+    dev.write(0xffc, 0x1234_5678);
+    if dev.read(0x00) != 0x7472_6976 || dev.read(0x08) != VIRTIO_ID_BLOCK {
+        return Err("identification registers changed");
+    }
+    if dev.config64(0) == 0 {
+        return Err("the capacity changed");
+    }
+    dev.write(0x70, 0);
+    if dev.status() != 0 {
+        return Err("reset did not clear the status");
+    }
+    Ok(())
 }

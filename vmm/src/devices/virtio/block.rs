@@ -7,6 +7,8 @@
 //!
 //! A request fails with `VIRTIO_BLK_S_IOERR` when it writes to a read-only disk, reaches past
 //! the disk's last sector, has a data length that is not a whole number of 512-byte sectors,
+//! has its data buffers in the wrong direction (device-readable data in a read, device-writable
+//! data in a write),
 //! has a header shorter than 16 bytes, points its buffers outside guest memory, or when the host
 //! I/O fails. A chain with no writable byte for the status, or one that is malformed (loops,
 //! wrong direction), is returned with a used length of 0 and counted in
@@ -210,7 +212,8 @@ pub(crate) fn parse_request(
     };
     match header.request_type {
         VIRTIO_BLK_T_IN => {
-            if !sector_range_ok(in_len) {
+            // Data the device would read in a read request is a buffer in the wrong direction.
+            if out_len != 0 || !sector_range_ok(in_len) {
                 return Request::Fail(IOERR);
             }
             match in_data() {
@@ -223,7 +226,8 @@ pub(crate) fn parse_request(
             }
         }
         VIRTIO_BLK_T_OUT => {
-            if read_only || !sector_range_ok(out_len) {
+            // A device-writable data buffer (besides the status) is in the wrong direction.
+            if read_only || in_len != 0 || !sector_range_ok(out_len) {
                 return Request::Fail(IOERR);
             }
             let data = to_segments(&layout.readable, HEADER_LEN, out_len);

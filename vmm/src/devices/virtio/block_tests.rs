@@ -241,6 +241,20 @@ fn out_of_range_and_unaligned_requests_fail_with_ioerr() {
         ),
         ("partial sector read", VIRTIO_BLK_T_IN, 0, 100, WRITE),
         ("partial sector write", VIRTIO_BLK_T_OUT, 0, 513, 0),
+        (
+            "read into a device-readable buffer",
+            VIRTIO_BLK_T_IN,
+            0,
+            512,
+            0,
+        ),
+        (
+            "write from a device-writable buffer",
+            VIRTIO_BLK_T_OUT,
+            0,
+            512,
+            WRITE,
+        ),
     ] {
         rig.header(kind, sector);
         assert_eq!(run(&mut t, &rig, &vq, &standard(len, flags)).1, 1, "{what}");
@@ -250,7 +264,7 @@ fn out_of_range_and_unaligned_requests_fail_with_ioerr() {
     rig.header(VIRTIO_BLK_T_IN, DISK_SECTORS - 1);
     run(&mut t, &rig, &vq, &standard(512, WRITE));
     assert_eq!(rig.status(), VIRTIO_BLK_S_OK as u8);
-    assert_eq!(stats.snapshot().io_errors, 6);
+    assert_eq!(stats.snapshot().io_errors, 8);
     assert_eq!(&rig.disk()[..], &Rig::new().disk()[..], "nothing written");
 }
 
@@ -483,6 +497,11 @@ proptest! {
                 prop_assert!(super::chain::in_memory(&mem, data));
                 prop_assert_eq!(super::chain::total_len(data), *len);
                 let is_read = matches!(request, Request::Read { .. });
+                if is_read {
+                    prop_assert_eq!(layout.readable_len(), 16, "read with device-readable data");
+                } else {
+                    prop_assert_eq!(layout.writable_len(), 1, "write with device-writable data");
+                }
                 prop_assert!(is_read || !read_only, "write accepted on a read-only disk");
             }
             Request::GetId { len, data } => {
