@@ -29,6 +29,46 @@ pub enum CloudConfigError {
     Yaml(String),
     #[error("cloud-config must be a YAML mapping (key: value), found {0}")]
     NotAMapping(&'static str),
+    #[error(
+        "cloud-config is indented or nested more than {MAX_NESTING} levels deep; kumo-agent refuses it"
+    )]
+    TooDeep,
+    #[error("cloud-config could not be parsed: {0}")]
+    Internal(String),
+}
+
+/// Deepest indentation (columns plus block indicators on a line) accepted. yaml-rust2 parses
+/// and drops documents recursively, so nesting must be bounded before it sees one: user-data
+/// could otherwise overflow the stack and abort PID 1. Block nesting is at most about this
+/// bound, flow nesting at most 255 (yaml-rust2's own limit); parsing runs on a thread with a
+/// [`PARSER_STACK`] stack that holds that with a wide margin.
+pub const MAX_NESTING: usize = 1000;
+/// Stack of the parsing thread.
+const PARSER_STACK: usize = 32 * 1024 * 1024;
+
+/// An upper bound on how deep a line can nest block collections: its indentation plus two for
+/// each block indicator (`- `, `? `, `: `) that opens it.
+fn nesting_bound(text: &str) -> usize {
+    text.lines()
+        .map(|line| {
+            let trimmed = line.trim_start_matches([' ', '\t']);
+            let mut depth = line.len() - trimmed.len();
+            let mut rest = trimmed;
+            while let Some(after) = rest
+                .strip_prefix('-')
+                .or_else(|| rest.strip_prefix('?'))
+                .or_else(|| rest.strip_prefix(':'))
+            {
+                if !(after.is_empty() || after.starts_with([' ', '\t'])) {
+                    break;
+                }
+                depth += 2;
+                rest = after.trim_start_matches([' ', '\t']);
+            }
+            depth
+        })
+        .max()
+        .unwrap_or(0)
 }
 
 /// A command of `bootcmd` or `runcmd`.
@@ -159,6 +199,20 @@ impl CloudConfig {
     pub fn parse(bytes: &[u8]) -> Result<Self, CloudConfigError> {
         let text =
             std::str::from_utf8(bytes).map_err(|e| CloudConfigError::NotUtf8(e.valid_up_to()))?;
+        if nesting_bound(text) > MAX_NESTING {
+            return Err(CloudConfigError::TooDeep);
+        }
+        let text = text.to_string();
+        std::thread::Builder::new()
+            .name("cloud-config".into())
+            .stack_size(PARSER_STACK)
+            .spawn(move || Self::parse_text(&text))
+            .map_err(|e| CloudConfigError::Internal(format!("cannot start the parser: {e}")))?
+            .join()
+            .map_err(|_| CloudConfigError::Internal("the YAML parser panicked".into()))?
+    }
+
+    fn parse_text(text: &str) -> Result<Self, CloudConfigError> {
         let docs =
             YamlLoader::load_from_str(text).map_err(|e| CloudConfigError::Yaml(e.to_string()))?;
         let mut cfg = CloudConfig::default();
@@ -779,6 +833,45 @@ frobnicate: 1
         assert_eq!(
             CloudConfig::parse(b"#cloud-config\n").unwrap(),
             CloudConfig::default()
+        );
+    }
+
+    #[test]
+    fn deep_nesting_is_refused_not_a_crash() {
+        // 100k nested sequences overflow yaml-rust2's recursion on any normal stack.
+        let mut text = String::from("#cloud-config\nx:\n");
+        text.push_str(&"- ".repeat(100_000));
+        text.push_str("a\n");
+        assert_eq!(
+            CloudConfig::parse(text.as_bytes()),
+            Err(CloudConfigError::TooDeep)
+        );
+        let mut text = String::from("#cloud-config\nx:\n");
+        text.push_str(&" ".repeat(5000));
+        text.push_str("- a\n");
+        assert_eq!(
+            CloudConfig::parse(text.as_bytes()),
+            Err(CloudConfigError::TooDeep)
+        );
+        // Flow nesting is bounded by yaml-rust2 itself (255 levels).
+        let text = format!("x: {}{}\n", "[".repeat(100_000), "]".repeat(100_000));
+        assert!(CloudConfig::parse(text.as_bytes()).is_err());
+        // The deepest accepted block nesting parses on the parser thread's stack.
+        let mut text = String::from("x:\n");
+        text.push_str(&"- ".repeat(MAX_NESTING / 2));
+        text.push_str("a\n");
+        assert!(CloudConfig::parse(text.as_bytes()).is_ok());
+        // Long lines that are not indentation are fine (base64 content on one line).
+        let text = format!(
+            "write_files:\n  - path: /x\n    content: {}\n",
+            "QUFB".repeat(5000)
+        );
+        assert_eq!(
+            CloudConfig::parse(text.as_bytes())
+                .unwrap()
+                .write_files
+                .len(),
+            1
         );
     }
 
