@@ -20,9 +20,9 @@ use virtio_bindings::virtio_config::{
     VIRTIO_F_VERSION_1,
 };
 use virtio_bindings::virtio_mmio::{VIRTIO_MMIO_INT_CONFIG, VIRTIO_MMIO_INT_VRING};
-use virtio_bindings::virtio_ring::VIRTIO_RING_F_INDIRECT_DESC;
+use virtio_bindings::virtio_ring::{VIRTIO_RING_F_INDIRECT_DESC, VRING_AVAIL_F_NO_INTERRUPT};
 use virtio_queue::{Queue, QueueT};
-use vm_memory::GuestAddress;
+use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
 use super::{DeviceError, GuestMemory, Queues, VirtioDevice};
@@ -533,11 +533,21 @@ impl MmioTransport {
         }
         let mut notify = false;
         for (index, queue) in self.queues.iter_mut().enumerate() {
-            if used & (1 << index) != 0 {
-                // Without VIRTIO_RING_F_EVENT_IDX this is always true; keep asking the queue so
-                // that offering the feature later needs no change here.
-                notify |= queue.needs_notification(&self.mem).unwrap_or(true);
+            if used & (1 << index) == 0 {
+                continue;
             }
+            // Without VIRTIO_RING_F_EVENT_IDX this is always true (after a fence); keep asking
+            // the queue so that offering the feature later needs no change here.
+            if !queue.needs_notification(&self.mem).unwrap_or(true) {
+                continue;
+            }
+            // The driver may ask for no interrupts (VRING_AVAIL_F_NO_INTERRUPT), e.g. while
+            // it polls the used ring itself; virtio-queue leaves that flag to us.
+            let flags: u16 = self
+                .mem
+                .read_obj(GuestAddress(queue.avail_ring()))
+                .unwrap_or(0);
+            notify |= u16::from_le(flags) & VRING_AVAIL_F_NO_INTERRUPT as u16 == 0;
         }
         if notify {
             self.signal(VIRTIO_MMIO_INT_VRING);

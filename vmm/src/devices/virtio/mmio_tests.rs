@@ -552,3 +552,27 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn no_interrupt_flag_suppresses_the_used_ring_interrupt() {
+    let mem = guest_memory();
+    let (mut t, _) = transport(&mem);
+    negotiate(&mut t, 0);
+    let vq = MockSplitQueue::create(&mem, GuestAddress(0x1000), 16);
+    setup_queue(&mut t, 0, &vq);
+    driver_ok(&mut t);
+    t.process_queue_event(0);
+    let _ = t.interrupt_event().read();
+    // VRING_AVAIL_F_NO_INTERRUPT in the available ring's flags.
+    vm_memory::Bytes::write_obj(&mem, 1u16, vq.avail_addr()).unwrap();
+    vq.add_desc_chains(&[desc(0x10_0000, 8, 0, 0)], 0).unwrap();
+    t.process_queue_event(0);
+    assert_eq!(used_idx(&mem, &vq), 1, "the buffer is still returned");
+    assert_eq!(read_reg(&mut t, 0x60), 0);
+    assert!(t.interrupt_event().read().is_err(), "no interrupt");
+    vm_memory::Bytes::write_obj(&mem, 0u16, vq.avail_addr()).unwrap();
+    vq.add_desc_chains(&[desc(0x10_0000, 8, 0, 0)], 1).unwrap();
+    t.process_queue_event(0);
+    assert_eq!(read_reg(&mut t, 0x60), 1);
+    assert_eq!(t.interrupt_event().read().unwrap(), 1);
+}
