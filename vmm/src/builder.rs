@@ -676,6 +676,33 @@ mod tests {
     }
 
     #[test]
+    fn bzimage_header_is_recognised() {
+        let mem = create_guest_memory(16 << 20).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("bzImage");
+        let mut img = vec![0u8; 64 * 1024];
+        img[0x1f1] = 3; // setup_sects
+        img[0x1fe..0x200].copy_from_slice(&0xaa55u16.to_le_bytes());
+        img[0x202..0x206].copy_from_slice(b"HdrS");
+        img[0x206..0x208].copy_from_slice(&0x20fu16.to_le_bytes()); // protocol 2.15
+        img[0x211] = 1; // loadflags: LOADED_HIGH
+        img[0x214..0x218].copy_from_slice(&0x10_0000u32.to_le_bytes()); // code32_start
+        img[0x260..0x264].copy_from_slice(&(4u32 << 20).to_le_bytes()); // init_size
+        std::fs::write(&p, &img).unwrap();
+        let k = load_kernel(&mem, &p, 16 << 20).unwrap();
+        assert_eq!(k.entry, KernelEntry::Long64(0x10_0200));
+        assert_eq!(k.kernel_end, 0x10_0000 + (4 << 20));
+        assert_eq!(k.setup_header.map(|h| h.setup_sects), Some(3));
+        // The same kernel needing more memory than the guest has.
+        img[0x260..0x264].copy_from_slice(&(32u32 << 20).to_le_bytes());
+        std::fs::write(&p, &img).unwrap();
+        assert!(matches!(
+            load_kernel(&mem, &p, 16 << 20),
+            Err(StartMicrovmError::MemoryTooSmallForKernel { need_mib: 33, .. })
+        ));
+    }
+
+    #[test]
     fn initrd_goes_high_and_checks_room() {
         let mem = create_guest_memory(16 << 20).unwrap();
         let dir = tempfile::tempdir().unwrap();

@@ -49,6 +49,21 @@ fn status_bad_requests_and_stop() {
     let dir = tempdir();
     let sock = dir.path().join("api.sock");
     let vm = start_idle(&sock, "console=ttyS0");
+    // Every thread (event loop and vCPUs) runs under a seccomp filter once the VM runs.
+    let tasks = std::fs::read_dir(format!("/proc/{}/task", vm.pid())).unwrap();
+    let mut threads = 0;
+    for t in tasks {
+        let status = std::fs::read_to_string(t.unwrap().path().join("status")).unwrap();
+        let name = status.lines().next().unwrap_or("").to_string();
+        if name.contains("kumo-vcpu") || name.contains("kumo-vmm") {
+            threads += 1;
+            assert!(
+                status.lines().any(|l| l == "Seccomp:\t2"),
+                "{name} runs without seccomp:\n{status}"
+            );
+        }
+    }
+    assert!(threads >= 3, "the VMM thread and 2 vCPU threads");
     let st = request(&sock, r#"{"op":"status"}"#);
     assert_eq!(st["ok"], true, "{st}");
     assert_eq!(st["state"], "running");

@@ -208,3 +208,31 @@ fn halting_for_good_exits_zero() {
         "{run}"
     );
 }
+
+#[test]
+fn virtio_devices_are_announced_on_the_command_line() {
+    if !kvm_available("virtio_devices_are_announced_on_the_command_line") {
+        return;
+    }
+    let dir = tempdir();
+    let (a, b) = (dir.path().join("a.img"), dir.path().join("b.img"));
+    std::fs::write(&a, vec![0u8; 1 << 20]).unwrap();
+    std::fs::write(&b, vec![0u8; 1 << 20]).unwrap();
+    let run = Vmm::new(&build_guest("hello"))
+        .args([
+            "--cmdline",
+            "console=ttyS0",
+            "--disk",
+            &format!("{},ro", a.display()),
+            "--disk",
+            b.to_str().unwrap(),
+        ])
+        .run();
+    run.assert_success();
+    assert!(
+        run.serial.contains(
+            "cmdline: console=ttyS0 virtio_mmio.device=4K@0xd0000000:5 virtio_mmio.device=4K@0xd0001000:6\n"
+        ),
+        "one slot and IRQ per device, in order:\n{run}"
+    );
+}
