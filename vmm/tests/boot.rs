@@ -236,3 +236,22 @@ fn virtio_devices_are_announced_on_the_command_line() {
         "one slot and IRQ per device, in order:\n{run}"
     );
 }
+
+#[test]
+fn a_guest_crash_is_reported_with_status_3() {
+    if !kvm_available("a_guest_crash_is_reported_with_status_3") {
+        return;
+    }
+    // Executing from MMIO space with nothing behind it: KVM cannot emulate the fetch.
+    let run = Vmm::new(&build_guest("crash")).run();
+    assert_eq!(run.code(), Some(3), "{run}");
+    assert!(run.serial.contains("crash: jumping to 0xd0800000"), "{run}");
+    assert!(!run.serial.contains("still here"), "{run}");
+    let lines = run.stderr_lines();
+    assert_eq!(lines.len(), 1, "{run}");
+    assert!(
+        lines[0]
+            .starts_with("kumo-vmm: guest crashed: KVM internal error on vCPU 0 at rip 0xd0800000"),
+        "{run}"
+    );
+}
