@@ -24,6 +24,11 @@
 //! | 3 | the guest crashed in a way KVM reports (emulation failure, entry failure) |
 //!
 //! The reason is printed on stderr as one line starting with `kumo-vmm:`.
+//!
+//! A Linux guest without ACPI (kumo's kernels) ends through these paths: `reboot` resets through
+//! the i8042 (`reboot=k`); `halt` stops every CPU with interrupts off (seen by the VMM's halt
+//! check, which kicks the vCPUs every 100 ms); `poweroff` has no firmware to call, so init exits
+//! and the kernel panics, and with `panic=1` it then reboots through the i8042. All exit 0.
 
 pub mod api_socket;
 pub mod arch;
