@@ -210,8 +210,14 @@ pub fn ensure_console_fds() {
     }
 }
 
-/// Sends `signal` to every process but the caller (`kill(-1, sig)`); only PID 1 may use this.
+/// Sends `signal` to every process but the caller (`kill(-1, sig)`), and does nothing unless the
+/// caller is PID 1 of its PID namespace: anywhere else `kill(-1)` would reach every process the
+/// caller may signal, on the whole host.
 pub fn kill_all(signal: libc::c_int) {
+    if getpid() != 1 {
+        tracing::warn!("not PID 1: not sending signal {signal} to every process");
+        return;
+    }
     // SAFETY: plain syscall; the caller is PID 1, so this never reaches outside its namespace.
     unsafe { libc::kill(-1, signal) };
 }
