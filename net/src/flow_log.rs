@@ -32,7 +32,8 @@ pub enum Action {
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct Key {
-    interface_id: String,
+    /// Index into `FlowLog::interfaces` (no allocation per packet).
+    interface: u32,
     pkt: (std::net::Ipv4Addr, std::net::Ipv4Addr, u16, u16, u8),
     action: Action,
 }
@@ -158,6 +159,7 @@ pub struct FlowLog {
     account_id: String,
     format: String,
     pending: HashMap<Key, FlowRecord>,
+    interface_index: HashMap<String, u32>,
     drops: HashMap<(String, String), DropLine>,
     sink: Option<Box<dyn Write + Send>>,
     drop_sink: Option<Box<dyn Write + Send>>,
@@ -184,6 +186,7 @@ impl FlowLog {
             account_id: account_id.to_string(),
             format: DEFAULT_FORMAT.to_string(),
             pending: HashMap::new(),
+            interface_index: HashMap::new(),
             drops: HashMap::new(),
             sink: None,
             drop_sink: None,
@@ -220,8 +223,16 @@ impl FlowLog {
         action: Action,
         reject_reason: Option<&str>,
     ) {
+        let interface = match self.interface_index.get(interface_id) {
+            Some(i) => *i,
+            None => {
+                let i = self.interface_index.len() as u32;
+                self.interface_index.insert(interface_id.to_string(), i);
+                i
+            }
+        };
         let key = Key {
-            interface_id: interface_id.to_string(),
+            interface,
             pkt: (
                 pkt.src,
                 pkt.dst,

@@ -295,7 +295,7 @@ pub struct Model {
     enis: BTreeMap<String, Eni>,
     public_pool: Option<PublicPool>,
     // Indexes for the data path.
-    eni_by_vpc_ip: HashMap<(String, Ipv4Addr), String>,
+    eni_by_vpc_ip: HashMap<String, HashMap<Ipv4Addr, String>>,
     eni_by_port: HashMap<PortId, String>,
     eni_by_public_ip: HashMap<Ipv4Addr, String>,
     macs: HashSet<MacAddr>,
@@ -761,8 +761,7 @@ impl Model {
 
     /// Whether `ip` is the private address of an ENI in `vpc_id` carrying group `sg_id`.
     pub fn is_group_member(&self, vpc_id: &str, sg_id: &str, ip: Ipv4Addr) -> bool {
-        self.eni_by_vpc_ip
-            .get(&(vpc_id.to_string(), ip))
+        self.eni_id_by_ip(vpc_id, ip)
             .and_then(|e| self.enis.get(e))
             .is_some_and(|e| e.security_groups.iter().any(|g| g == sg_id))
     }
@@ -789,7 +788,7 @@ impl Model {
                         cidr: subnet.cidr,
                     });
                 }
-                if self.eni_by_vpc_ip.contains_key(&(vpc_id.clone(), ip)) {
+                if self.eni_id_by_ip(&vpc_id, ip).is_some() {
                     return Err(ModelError::AddressInUse { ip, vpc: vpc_id });
                 }
                 ip
@@ -797,10 +796,7 @@ impl Model {
             None => subnet
                 .cidr
                 .hosts()
-                .find(|ip| {
-                    !subnet.is_reserved(*ip)
-                        && !self.eni_by_vpc_ip.contains_key(&(vpc_id.clone(), *ip))
-                })
+                .find(|ip| !subnet.is_reserved(*ip) && self.eni_id_by_ip(&vpc_id, *ip).is_none())
                 .ok_or_else(|| ModelError::SubnetFull(subnet.id.clone()))?,
         };
         let mac = match req.mac {
@@ -852,7 +848,9 @@ impl Model {
         }
         self.macs.insert(mac);
         self.eni_by_vpc_ip
-            .insert((vpc_id.clone(), private_ip), id.clone());
+            .entry(vpc_id.clone())
+            .or_default()
+            .insert(private_ip, id.clone());
         if let Some(p) = public_ip {
             self.eni_by_public_ip.insert(p, id.clone());
         }
@@ -913,8 +911,9 @@ impl Model {
             )
         })?;
         self.macs.remove(&eni.mac);
-        self.eni_by_vpc_ip
-            .remove(&(eni.vpc_id.clone(), eni.private_ip));
+        if let Some(m) = self.eni_by_vpc_ip.get_mut(&eni.vpc_id) {
+            m.remove(&eni.private_ip);
+        }
         if let Some(p) = eni.public_ip {
             self.eni_by_public_ip.remove(&p);
         }
@@ -965,9 +964,12 @@ impl Model {
     }
 
     pub fn eni_by_ip(&self, vpc_id: &str, ip: Ipv4Addr) -> Option<&Eni> {
-        self.eni_by_vpc_ip
-            .get(&(vpc_id.to_string(), ip))
+        self.eni_id_by_ip(vpc_id, ip)
             .and_then(|id| self.enis.get(id))
+    }
+
+    fn eni_id_by_ip(&self, vpc_id: &str, ip: Ipv4Addr) -> Option<&String> {
+        self.eni_by_vpc_ip.get(vpc_id).and_then(|m| m.get(&ip))
     }
 
     pub fn eni_by_public_ip(&self, ip: Ipv4Addr) -> Option<&Eni> {

@@ -25,6 +25,8 @@ const BATCH: usize = 32;
 /// Batches drained from one socket before looking at the others (fairness under floods).
 const MAX_BATCHES_PER_WAKE: usize = 8;
 const WAKE_TOKEN: u64 = u64::MAX;
+/// How long the thread keeps polling without sleeping after it last saw a frame.
+const BUSY_POLL: std::time::Duration = std::time::Duration::from_micros(50);
 
 /// Errors of the runtime.
 #[derive(Debug, thiserror::Error)]
@@ -223,6 +225,7 @@ fn run(shared: &Shared) -> Result<(), RuntimeError> {
     let mut batch = RxBatch::new(BATCH);
     let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; 64];
     let mut generated_msgs: Vec<Vec<u8>> = Vec::new();
+    let mut busy_until = Instant::now();
     while !shared.stop.load(Ordering::SeqCst) {
         if shared.changed.swap(false, Ordering::SeqCst) {
             let current = lock(&shared.sockets).clone();
@@ -240,11 +243,20 @@ fn run(shared: &Shared) -> Result<(), RuntimeError> {
         }
         let now = Instant::now();
         let deadline = lock(&shared.switch).poll_at(now);
-        let timeout = deadline
-            .saturating_duration_since(now)
-            .as_millis()
-            .min(1000) as i32;
+        // Right after traffic, poll without sleeping for a short while: the next frame of a
+        // busy flow usually arrives within microseconds, and a sleep/wake-up costs more.
+        let timeout = if now < busy_until {
+            0
+        } else {
+            deadline
+                .saturating_duration_since(now)
+                .as_millis()
+                .min(1000) as i32
+        };
         let n = epoll.wait(&mut events, timeout);
+        if n > 0 {
+            busy_until = Instant::now() + BUSY_POLL;
+        }
         for ev in events.iter().take(n) {
             let token = ev.u64;
             if token == WAKE_TOKEN {

@@ -16,6 +16,7 @@ use crate::packet::VnetHdr;
 const ETH_P_ALL: u16 = 0x0003;
 const PACKET_VNET_HDR: libc::c_int = 15;
 const PACKET_IGNORE_OUTGOING: libc::c_int = 23;
+const PACKET_QDISC_BYPASS: libc::c_int = 20;
 
 /// Room for one frame: virtio-net header + the largest GSO packet (64 KiB IP + Ethernet/VLAN).
 pub const FRAME_BUF: usize = VnetHdr::LEN + 65_536 + 64;
@@ -92,6 +93,8 @@ impl PacketSocket {
             .map_err(|e| opt_err("PACKET_VNET_HDR", e))?;
         setsockopt_int(raw, libc::SOL_PACKET, PACKET_IGNORE_OUTGOING, 1)
             .map_err(|e| opt_err("PACKET_IGNORE_OUTGOING", e))?;
+        // Frames go straight to the driver (a TAP or veth has no queue worth keeping).
+        let _ = setsockopt_int(raw, libc::SOL_PACKET, PACKET_QDISC_BYPASS, 1);
         // Big buffers absorb bursts between two runs of the switch thread.
         let _ = setsockopt_int(raw, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, 8 << 20);
         let _ = setsockopt_int(raw, libc::SOL_SOCKET, libc::SO_SNDBUFFORCE, 8 << 20);
