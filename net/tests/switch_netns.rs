@@ -710,3 +710,143 @@ fn example_switch_process() {
     let flows = std::fs::read_to_string(dir.path().join("flows.log")).unwrap();
     assert!(flows.contains(" 10.0.1.4 10.0.1.5 0 0 1 "), "{flows}");
 }
+
+/// Opens a TAP device (as a VMM does: IFF_TAP | IFF_NO_PI | IFF_VNET_HDR) in the calling
+/// thread's network namespace and returns its fd.
+fn open_tap(name: &str) -> std::fs::File {
+    use std::os::fd::AsRawFd;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/net/tun")
+        .expect("open /dev/net/tun");
+    // SAFETY: ifreq is plain data; all-zero is valid before we fill name and flags.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (d, s) in req.ifr_name.iter_mut().zip(name.as_bytes()) {
+        *d = *s as libc::c_char;
+    }
+    req.ifr_ifru.ifru_flags =
+        (libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR) as libc::c_short;
+    // SAFETY: TUNSETIFF reads the ifreq we own; the fd is an open /dev/net/tun.
+    let r = unsafe { libc::ioctl(f.as_raw_fd(), libc::TUNSETIFF, &req) };
+    assert_eq!(r, 0, "TUNSETIFF: {}", std::io::Error::last_os_error());
+    f
+}
+
+/// Reads frames from the TAP until `want` matches one (or 3 s pass).
+fn read_tap_until(
+    tap: &mut std::fs::File,
+    mut want: impl FnMut(&kumo_net::packet::Frame) -> bool,
+) -> bool {
+    use std::io::Read;
+    use std::os::fd::AsRawFd;
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    let mut buf = vec![0u8; 70_000];
+    while std::time::Instant::now() < deadline {
+        let mut pfd = libc::pollfd {
+            fd: tap.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd.
+        if unsafe { libc::poll(&mut pfd, 1, 100) } <= 0 {
+            continue;
+        }
+        let n = tap.read(&mut buf).expect("read tap");
+        let vnet = kumo_net::packet::VnetHdr::from_bytes(&buf[..n]).expect("vnet header");
+        if let Ok(f) = kumo_net::packet::parse_frame(&buf[10..n], &vnet)
+            && want(&f)
+        {
+            return true;
+        }
+    }
+    false
+}
+
+/// A port on a TAP whose fd a VMM holds (here: the test): DHCP, ARP and forwarding to a veth host
+/// work with virtio-net headers on the fd, as virtio-net in kumo-vmm sees them.
+#[test]
+fn tap_port_like_a_vmm() {
+    use std::io::Write;
+    if !can_run("tap_port_like_a_vmm", &["ping"]) {
+        return;
+    }
+    if !std::path::Path::new("/dev/net/tun").exists() {
+        common::skip(
+            "tap_port_like_a_vmm",
+            "/dev/net/tun is missing (modprobe tun)",
+        );
+        return;
+    }
+    let mut lab = Lab::new();
+    let b = lab.add_host("pb", &mac(6, 1));
+    let mut tap = lab.sw.enter(|| open_tap("ktap0"));
+    lab.start(json!({
+        "vpcs": [{"cidr": "10.0.0.0/16", "subnets": [{"id": SUBNET_A, "cidr": "10.0.1.0/24"}]}],
+        "ports": [
+            {"netdev": "ktap0", "subnet": SUBNET_A, "mac": mac(5, 1), "private_ip": "10.0.1.5"},
+            {"netdev": "pb", "subnet": SUBNET_A, "mac": mac(6, 1), "private_ip": "10.0.1.6"}
+        ]
+    }));
+    lab.host(b).static_ip("10.0.1.6/24", "10.0.1.1");
+    let guest: kumo_net::MacAddr = mac(5, 1).parse().unwrap();
+    let router = kumo_net::switch::ROUTER_MAC;
+    let mut send = |frame: &[u8]| {
+        let mut m = kumo_net::packet::VnetHdr::default().to_bytes().to_vec();
+        m.extend_from_slice(frame);
+        tap.write_all(&m).expect("write tap");
+    };
+    // DHCP.
+    let discover =
+        kumo_net::dhcp::client_message(dhcproto::v4::MessageType::Discover, guest, 77, None, false);
+    send(&kumo_net::packet::build_udp(
+        guest,
+        kumo_net::MacAddr::BROADCAST,
+        (std::net::Ipv4Addr::UNSPECIFIED, 68),
+        (std::net::Ipv4Addr::BROADCAST, 67),
+        &discover,
+    ));
+    // ARP for the neighbour.
+    send(&kumo_net::packet::build_arp(
+        kumo_net::MacAddr::BROADCAST,
+        guest,
+        &kumo_net::packet::Arp {
+            operation: kumo_net::packet::Arp::REQUEST,
+            sender_mac: guest,
+            sender_ip: "10.0.1.5".parse().unwrap(),
+            target_mac: kumo_net::MacAddr::ZERO,
+            target_ip: "10.0.1.6".parse().unwrap(),
+        },
+    ));
+    // An echo request to the veth host.
+    let echo = etherparse::PacketBuilder::ethernet2(guest.0, router.0)
+        .ipv4([10, 0, 1, 5], [10, 0, 1, 6], 64)
+        .icmpv4_echo_request(0x4b4d, 1);
+    let mut frame = Vec::new();
+    echo.write(&mut frame, b"kumo tap test").unwrap();
+    send(&frame);
+    let mut saw = (false, false, false);
+    let got_all = read_tap_until(&mut tap, |f| {
+        match f.kind {
+            kumo_net::packet::FrameKind::Ipv4(info) if info.pkt.src_port() == Some(67) => {
+                saw.0 = true
+            }
+            kumo_net::packet::FrameKind::Arp(a)
+                if a.sender_ip == std::net::Ipv4Addr::new(10, 0, 1, 6) =>
+            {
+                assert_eq!(a.sender_mac, router);
+                saw.1 = true
+            }
+            kumo_net::packet::FrameKind::Ipv4(info)
+                if matches!(info.pkt.l4, kumo_net::policy::L4::Icmp { icmp_type: 0, .. }) =>
+            {
+                assert_eq!(info.pkt.src, std::net::Ipv4Addr::new(10, 0, 1, 6));
+                assert_eq!(f.dst_mac, guest);
+                saw.2 = true
+            }
+            _ => {}
+        }
+        saw == (true, true, true)
+    });
+    assert!(got_all, "DHCP offer, ARP reply, echo reply seen: {saw:?}");
+}
