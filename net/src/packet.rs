@@ -251,10 +251,16 @@ fn parse_ipv4(buf: &[u8], off: usize, vnet: &VnetHdr) -> Result<Ipv4Info, DropRe
             }
             let icmp_type = seg[0];
             let echo_id = matches!(icmp_type, 0 | 8).then(|| u16::from_be_bytes([seg[4], seg[5]]));
+            let related = if matches!(icmp_type, 3 | 4 | 5 | 11 | 12) {
+                quoted_packet(&seg[8..])
+            } else {
+                None
+            };
             L4::Icmp {
                 icmp_type,
                 code: seg[1],
                 echo_id,
+                related,
             }
         }
         _ => L4::Other,
@@ -271,6 +277,32 @@ fn parse_ipv4(buf: &[u8], off: usize, vnet: &VnetHdr) -> Result<Ipv4Info, DropRe
         l4_offset,
         ip_end,
         ttl: ip.ttl(),
+    })
+}
+
+/// The header an ICMP error quotes (IPv4 header + at least 8 bytes of its payload).
+fn quoted_packet(b: &[u8]) -> Option<crate::policy::Related> {
+    let ip = Ipv4HeaderSlice::from_slice(b).ok()?;
+    let hlen = usize::from(ip.ihl()) * 4;
+    let l4 = b.get(hlen..hlen + 8)?;
+    let protocol = ip.protocol().0;
+    let (src_port, dst_port) = match protocol {
+        Protocol::TCP | Protocol::UDP => (
+            u16::from_be_bytes([l4[0], l4[1]]),
+            u16::from_be_bytes([l4[2], l4[3]]),
+        ),
+        Protocol::ICMP if matches!(l4[0], 0 | 8) => {
+            let id = u16::from_be_bytes([l4[4], l4[5]]);
+            (id, id)
+        }
+        _ => (0, 0),
+    };
+    Some(crate::policy::Related {
+        protocol,
+        src: ip.source_addr(),
+        dst: ip.destination_addr(),
+        src_port,
+        dst_port,
     })
 }
 

@@ -532,7 +532,9 @@ impl Switch {
     ) -> Result<(), (DropReason, String)> {
         let port = eni.port.unwrap_or(PortId(u32::MAX));
         let key = ConnKey::new(port, dir, pkt);
-        if self.conntrack.track_existing(&key, dir, pkt, now) {
+        if self.conntrack.track_existing(&key, dir, pkt, now)
+            || self.conntrack.is_related(port, dir, pkt, now)
+        {
             return Ok(());
         }
         let groups: Vec<&crate::policy::security_group::SecurityGroup> = eni

@@ -302,6 +302,49 @@ fn rule_changes_and_tracked_flows() {
     ));
 }
 
+/// ICMP errors about a tracked flow pass the groups (EC2 does the same), others do not.
+#[test]
+fn icmp_errors_of_tracked_flows_pass() {
+    let mut sw = switch();
+    let now = Instant::now();
+    let syn = tcp(
+        CLIENT_MAC,
+        ("10.0.1.5", 40000),
+        ("10.0.2.5", 22),
+        true,
+        false,
+        64,
+    );
+    let quoted = syn[14..14 + 28].to_vec();
+    assert!(matches!(
+        decide(&mut sw, now, CLIENT, syn).0,
+        Verdict::Forward(SERVER, _)
+    ));
+    let unreachable = |quote: &[u8]| {
+        let b = etherparse::PacketBuilder::ethernet2(SERVER_MAC.0, ROUTER_MAC.0)
+            .ipv4([10, 0, 2, 5], [10, 0, 1, 5], 64)
+            .icmpv4(etherparse::Icmpv4Type::DestinationUnreachable(
+                etherparse::icmpv4::DestUnreachableHeader::Port,
+            ));
+        let mut v = Vec::new();
+        b.write(&mut v, quote).unwrap();
+        v
+    };
+    // The client's group has no inbound rules at all: only relatedness lets this in.
+    let (v, _) = decide(&mut sw, now, SERVER, unreachable(&quoted));
+    assert!(
+        matches!(v, Verdict::Forward(CLIENT, _)),
+        "{}",
+        sw.counters()
+    );
+    // An error about a flow that never existed is dropped.
+    let mut other = quoted.clone();
+    other[20] = 0x12; // another source port in the quoted TCP header
+    let (v, _) = decide(&mut sw, now, SERVER, unreachable(&other));
+    assert_eq!(v, Verdict::Consumed);
+    assert_eq!(sw.counters().dropped(DropReason::SecurityGroup), 1);
+}
+
 #[test]
 fn spoofing_is_dropped() {
     let mut sw = switch();

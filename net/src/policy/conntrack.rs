@@ -142,6 +142,30 @@ impl ConnTable {
         true
     }
 
+    /// Whether `pkt`, an ICMP error crossing the ENI of `port` in `dir`, is about a live tracked
+    /// flow of that ENI (EC2 lets such errors through, e.g. port unreachable, fragmentation
+    /// needed).
+    pub fn is_related(&self, port: PortId, dir: Direction, pkt: &Packet4, now: Instant) -> bool {
+        let L4::Icmp {
+            related: Some(r), ..
+        } = pkt.l4
+        else {
+            return false;
+        };
+        // The quoted packet went the other way: for an inbound error, the ENI sent it.
+        let (local, remote) = match dir {
+            Direction::Inbound => ((r.src, r.src_port), (r.dst, r.dst_port)),
+            Direction::Outbound => ((r.dst, r.dst_port), (r.src, r.src_port)),
+        };
+        let key = ConnKey {
+            port,
+            protocol: r.protocol,
+            local,
+            remote,
+        };
+        self.map.get(&key).is_some_and(|e| e.expires > now)
+    }
+
     /// Starts tracking the flow `pkt` opens (after the rules allowed it).
     pub fn insert(
         &mut self,

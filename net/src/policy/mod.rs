@@ -111,9 +111,22 @@ pub enum L4 {
         code: u8,
         /// Echo identifier for echo requests and replies, which conntrack uses as a port.
         echo_id: Option<u16>,
+        /// For ICMP errors (unreachable, time exceeded, parameter problem...): the header of
+        /// the packet the error is about, so conntrack can let errors of tracked flows through.
+        related: Option<Related>,
     },
     /// Any other IP protocol (no ports).
     Other,
+}
+
+/// The packet an ICMP error quotes: its protocol, addresses and ports (echo id for ICMP echo).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Related {
+    pub protocol: u8,
+    pub src: Ipv4Addr,
+    pub dst: Ipv4Addr,
+    pub src_port: u16,
+    pub dst_port: u16,
 }
 
 /// The TCP flags conntrack follows.

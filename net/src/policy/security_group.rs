@@ -239,6 +239,7 @@ mod tests {
                 icmp_type: t,
                 code: c,
                 echo_id: Some(1),
+                related: None,
             },
         }
     }
