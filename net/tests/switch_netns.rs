@@ -850,3 +850,76 @@ fn tap_port_like_a_vmm() {
     });
     assert!(got_all, "DHCP offer, ARP reply, echo reply seen: {saw:?}");
 }
+
+/// systemd-networkd's DHCP client, run in the host namespace with a private mount namespace so
+/// that only our .network file is seen and its state goes to a temporary directory. There is no
+/// udevd for the namespace, so a minimal udev database entry marks the links initialized (what
+/// udevd would have written).
+#[test]
+fn dhcp_with_systemd_networkd() {
+    let networkd = "/lib/systemd/systemd-networkd";
+    if !can_run("dhcp_with_systemd_networkd", &["unshare", "ping"]) {
+        return;
+    }
+    if !std::path::Path::new(networkd).exists() {
+        common::skip(
+            "dhcp_with_systemd_networkd",
+            "systemd-networkd is not installed (package systemd)",
+        );
+        return;
+    }
+    let mut lab = Lab::new();
+    let a = lab.add_host("pa", &mac(7, 1));
+    let b = lab.add_host("pb", &mac(8, 1));
+    lab.start(json!({
+        "vpcs": [{"cidr": "10.0.0.0/16", "subnets": [{"id": SUBNET_A, "cidr": "10.0.1.0/24"}]}],
+        "ports": [
+            {"netdev": "pa", "subnet": SUBNET_A, "mac": mac(7, 1), "private_ip": "10.0.1.7"},
+            {"netdev": "pb", "subnet": SUBNET_A, "mac": mac(8, 1), "private_ip": "10.0.1.8"}
+        ]
+    }));
+    lab.host(b).static_ip("10.0.1.8/24", "10.0.1.1");
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display();
+    lab.host(a).sh_ok(&format!(
+        "mkdir -p {d}/network {d}/netif {d}/udev/data && chown systemd-network:systemd-network {d}/netif && chmod 755 {d}/netif {d} && \
+         printf '[Match]\\nName=eth0\\n[Network]\\nDHCP=ipv4\\nIPv6AcceptRA=no\\nLinkLocalAddressing=no\\n' > {d}/network/10-eth0.network && \
+         printf 'I:1\\n' > {d}/udev/data/n$(cat /sys/class/net/eth0/ifindex) && printf 'I:1\\n' > {d}/udev/data/n1"
+    ));
+    let _networkd = lab.host(a).spawn(&format!(
+        "unshare -m sh -c 'mount --make-rprivate / && \
+         mkdir -p /run/udev /run/systemd/network && mount --bind {d}/udev /run/udev && \
+         mount --bind {d}/network /run/systemd/network && \
+         mount -t tmpfs tmpfs /etc/systemd/network 2>/dev/null; \
+         mkdir -p /run/systemd/netif && mount --bind {d}/netif /run/systemd/netif && \
+         exec {networkd}'"
+    ));
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let addr = lab.host(a).sh_ok("ip -4 -o addr show dev eth0");
+        if addr.contains("10.0.1.7/24") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "systemd-networkd got no lease: {addr}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let route = lab.host(a).sh_ok("ip -4 route show default");
+    assert!(route.contains("via 10.0.1.1"), "{route}");
+    // The lease file records what the server said.
+    let leases = lab
+        .host(a)
+        .sh_ok(&format!("cat {d}/netif/leases/* 2>/dev/null || true"));
+    for want in [
+        "ADDRESS=10.0.1.7",
+        "ROUTER=10.0.1.1",
+        "DNS=10.0.0.2",
+        "HOSTNAME=ip-10-0-1-7",
+        "DOMAINNAME=ec2.internal",
+    ] {
+        assert!(leases.contains(want), "lease lacks {want}: {leases}");
+    }
+    assert!(lab.host(a).ping("10.0.1.8"));
+}
