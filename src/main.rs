@@ -3,6 +3,7 @@
 //! Each subcommand lives in its own module under `src/cli/`.
 
 mod cli;
+mod images;
 mod paths;
 
 use anyhow::Result;

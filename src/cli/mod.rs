@@ -1,5 +1,7 @@
 //! Command-line parsing and dispatch for `kumo`.
 
+mod images;
+
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
@@ -15,6 +17,8 @@ pub struct Cli {
 pub enum Command {
     /// Print kumo's data directory ($KUMO_HOME, by default ~/.local/share/kumo).
     Home,
+    /// Build, list, locate and register guest images (AMIs and kernels).
+    Images(images::ImagesArgs),
 }
 
 /// Runs one parsed command line.
@@ -24,5 +28,6 @@ pub fn run(cli: Cli) -> Result<()> {
             println!("{}", crate::paths::kumo_home().display());
             Ok(())
         }
+        Command::Images(args) => images::run(args),
     }
 }
