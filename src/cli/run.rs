@@ -495,7 +495,7 @@ fn show_hints(instance: &Launched) {
         (BackendKind::Namespace, Some(init)) => {
             out!("==>   a shell inside: nsenter -t {} -a /bin/sh", init.pid);
             out!(
-                "==>   its metadata, from inside: nsenter -t {} -a wget -qO- http://169.254.169.254/latest/meta-data/",
+                "==>   its metadata, from inside: nsenter -t {} -a /bin/sh -c 'wget -qO- http://169.254.169.254/latest/meta-data/'",
                 init.pid
             );
         }
