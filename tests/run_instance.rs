@@ -219,7 +219,7 @@ fn leftovers(id: &str) -> Vec<String> {
     if Path::new(&netns).exists() {
         left.push(netns);
     }
-    for prefix in ["kumot", "kumov", "kumoi"] {
+    for prefix in ["kumot", "kumov", "kumoi", "kumog", "kumoh"] {
         let dev = format!("/sys/class/net/{prefix}{suffix}");
         if Path::new(&dev).exists() {
             left.push(dev);
@@ -416,12 +416,37 @@ fn namespace_user_data_exit_3_is_kumo_runs_exit_status() {
     assert_nothing_left(&id);
 }
 
+/// HTTP GET / from the host; the response, or why not.
+fn http_get(ip: &str) -> Result<String, String> {
+    use std::io::Write;
+    let addr: std::net::SocketAddr = format!("{ip}:80").parse().map_err(|e| format!("{e}"))?;
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+        .map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .map_err(|e| e.to_string())?;
+    write!(s, "GET / HTTP/1.0\r\nHost: {ip}\r\n\r\n").map_err(|e| e.to_string())?;
+    let mut response = String::new();
+    s.read_to_string(&mut response).map_err(|e| e.to_string())?;
+    Ok(response)
+}
+
+/// --keep-running: the instance stays up, the host reaches it on its public address through the
+/// VPC's internet gateway (a web server its user-data started), and Ctrl-C stops it cleanly.
 #[test]
 fn ctrl_c_stops_a_kept_instance_and_cleans_up() {
     let _serial = serial();
     if let Some(reason) = missing_prerequisite() {
         return skip("ctrl_c_stops_a_kept_instance_and_cleans_up", &reason);
     }
+    let dir = tempfile::tempdir().unwrap();
+    let marker = format!("kumo-web-marker-{}", std::process::id());
+    let script = user_data(
+        dir.path(),
+        "web.sh",
+        &format!(
+            "#!/bin/sh\nmkdir -p /www && echo {marker} > /www/index.html\nhttpd -p 80 -h /www\n"
+        ),
+    );
     let mut run = start(
         &[
             "--image",
@@ -429,6 +454,8 @@ fn ctrl_c_stops_a_kept_instance_and_cleans_up() {
             "--backend",
             "namespace",
             "--keep-running",
+            "--user-data",
+            script.to_str().unwrap(),
         ],
         &[],
     );
@@ -437,19 +464,30 @@ fn ctrl_c_stops_a_kept_instance_and_cleans_up() {
         "{:?}",
         run.stdout_lines
     );
-    let id = instance_id(&run.stdout_lines.join("\n"));
+    assert!(
+        run.wait_for("public IP", Duration::from_secs(5)),
+        "{:?}",
+        run.stdout_lines
+    );
+    let output = run.stdout_lines.join("\n");
+    let id = instance_id(&output);
     assert!(
         Path::new(&format!("/run/netns/kumo-{id}")).exists(),
         "it runs"
     );
+    let public_ip = output
+        .split("public IP ")
+        .nth(1)
+        .and_then(|s| s.split(':').next())
+        .unwrap()
+        .to_string();
+    assert!(public_ip.starts_with("198.1"), "{public_ip}");
+    let page = http_get(&public_ip).unwrap_or_else(|e| panic!("GET http://{public_ip}/: {e}"));
+    assert!(page.contains(&marker), "{page}");
     // SAFETY: plain kill(2) of the kumo run this test started.
     unsafe { libc::kill(run.child.id() as i32, libc::SIGINT) };
     let (code, stdout, stderr) = run.finish(LONG);
-    assert_eq!(
-        code,
-        Some(0),
-        "no user-data counts as success: {stdout}\n{stderr}"
-    );
+    assert_eq!(code, Some(0), "{stdout}\n{stderr}");
     assert!(stdout.contains("==> SIGINT: stopping"), "{stdout}");
     assert!(
         stdout.contains("==> instance shutting down (poweroff)"),

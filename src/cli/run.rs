@@ -57,7 +57,8 @@ pub struct RunArgs {
     /// namespaces (kumo-minimal only); auto: kvm where the host can boot Linux in a VM.
     #[arg(long, value_enum, default_value = "auto")]
     pub backend: BackendChoice,
-    /// Keep the instance after its user-data finished, until Ctrl-C.
+    /// Keep the instance after its user-data finished, until Ctrl-C; it gets a public address
+    /// this host can reach (ssh, curl), through an internet gateway on the VPC.
     #[arg(long)]
     pub keep_running: bool,
     /// Give up (and terminate the instance) if the user-data has not finished after SECS.
@@ -230,6 +231,7 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
             ..Default::default()
         },
         kvm_anyway: std::env::var_os("KUMO_KVM_ANYWAY").is_some_and(|v| v == "1"),
+        host_access: args.keep_running,
     };
     let (tx, rx) = mpsc::channel::<Msg>();
     forward_signals(tx.clone())?;
@@ -491,6 +493,12 @@ fn show_hints(instance: &Launched) {
         "==>   console log: {}",
         instance.dir().join("console.log").display()
     );
+    if let Some(ip) = r.eni.as_ref().and_then(|e| e.public_ip) {
+        out!(
+            "==>   public IP {ip}: this host reaches it (ssh, curl http://{ip}/); security group {} lets this host in",
+            crate::compute::network::HOST_ACCESS_GROUP
+        );
+    }
     match (&r.backend, &instance.init) {
         (BackendKind::Namespace, Some(init)) => {
             out!("==>   a shell inside: nsenter -t {} -a /bin/sh", init.pid);

@@ -258,6 +258,12 @@ mod tests {
         assert!(InstanceDir::create(home.path(), &rec.instance_id).is_err());
         let path = dir.path.clone();
         drop(dir);
+        // Another test's child may hold a copy of the lock's fd between its fork and exec (the
+        // fd is close-on-exec): give it a moment.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        while is_owned(&path) && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
         assert!(!is_owned(&path));
         let json = std::fs::read_to_string(path.join("instance.json")).unwrap();
         assert!(json.contains("\"state\": \"pending\""), "{json}");

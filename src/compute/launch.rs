@@ -52,6 +52,8 @@ pub struct LaunchRequest {
     pub knobs: AgentKnobs,
     /// Run kvm even where Linux cannot boot (KUMO_KVM_ANYWAY=1).
     pub kvm_anyway: bool,
+    /// Give the instance a public address the host can reach (internet gateway).
+    pub host_access: bool,
 }
 
 /// Why a launch failed.
@@ -95,6 +97,11 @@ pub enum LaunchError {
     },
     #[error("the instance's network device: {0}")]
     Netdev(#[from] netdev::NetdevError),
+    #[error(
+        "no free /30 left in {}: remove some kumo* netdevs",
+        netdev::PUBLIC_RANGE
+    )]
+    NoPublicBlock,
     #[error(transparent)]
     Network(#[from] network::NetworkError),
     #[error(transparent)]
@@ -193,12 +200,13 @@ pub fn launch(
     let kvm_inputs = match backend {
         BackendKind::Kvm => {
             kvm::check_size(itype.name, itype.vcpus, itype.memory_mib)?;
-            let kernel = catalog
-                .kernel(&image.kernel_id)
-                .map_err(|_| LaunchError::NoKernel {
+            let kernel = catalog.kernel(&image.kernel_id).map_err(|e| match e {
+                CatalogError::NotFound { .. } => LaunchError::NoKernel {
                     image: image.name.clone(),
                     kernel_id: image.kernel_id.clone(),
-                })?;
+                },
+                other => LaunchError::Catalog(other),
+            })?;
             Some((kvm::find_vmm()?, catalog.kernel_path(&kernel)))
         }
         BackendKind::Namespace => None,
@@ -392,6 +400,32 @@ fn build(
         }
     }
 
+    // Host access: the internet gateway's veth pair, the host end in a free /30.
+    let gateway = if req.host_access {
+        let (host_ip, public_cidr) =
+            netdev::pick_public_block(&instance_id).ok_or(LaunchError::NoPublicBlock)?;
+        let switch_end = netdev::gateway_switch_name(&instance_id);
+        let host_end = netdev::gateway_host_name(&instance_id);
+        record.resources.netdevs.push(switch_end.clone());
+        dir.save(record)?;
+        let name = switch_end.clone();
+        cleanup.push(format!("delete veth {name}"), move || {
+            netdev::delete_link(&name).map_err(|e| e.to_string())
+        });
+        netdev::create_gateway_veth(
+            &switch_end,
+            &host_end,
+            &format!("{host_ip}/{}", public_cidr.prefix_len()),
+        )?;
+        Some(network::HostGateway {
+            switch_netdev: switch_end,
+            host_ip,
+            public_cidr,
+        })
+    } else {
+        None
+    };
+
     // The VPC switch.
     let spec = InstanceNetworkSpec {
         instance_id: instance_id.clone(),
@@ -402,6 +436,7 @@ fn build(
         netdev: switch_netdev.clone(),
         mac,
         log_dir: dir.path.clone(),
+        gateway,
     };
     let config = network::default_vpc_config(&spec, &record.vpc);
     write_file(

@@ -64,6 +64,17 @@ pub fn veth_instance_name(instance_id: &str) -> String {
     format!("kumoi{}", suffix(instance_id))
 }
 
+/// The switch end of the internet gateway's veth pair (`--keep-running`).
+pub fn gateway_switch_name(instance_id: &str) -> String {
+    format!("kumog{}", suffix(instance_id))
+}
+
+/// The host end of the internet gateway's veth pair: it carries the host's address in the
+/// instance's public range.
+pub fn gateway_host_name(instance_id: &str) -> String {
+    format!("kumoh{}", suffix(instance_id))
+}
+
 /// The instance's network namespace (`/run/netns/<name>`).
 pub fn netns_name(instance_id: &str) -> String {
     format!("kumo-{instance_id}")
@@ -236,6 +247,81 @@ pub fn create_veth(
     Ok(())
 }
 
+/// Creates the internet gateway's veth pair: `switch_end` (no address, the switch's gateway
+/// port) and `host_end` with `host_cidr` (e.g. 198.18.3.1/30), so that the host routes the
+/// instance's public range to the switch.
+pub fn create_gateway_veth(
+    switch_end: &str,
+    host_end: &str,
+    host_cidr: &str,
+) -> Result<(), NetdevError> {
+    for leftover in [switch_end, host_end] {
+        if exists(leftover) {
+            let _ = ip(&["link", "del", "dev", leftover]);
+        }
+    }
+    ip(&[
+        "link", "add", host_end, "type", "veth", "peer", "name", switch_end,
+    ])?;
+    disable_ipv6(switch_end);
+    disable_ipv6(host_end);
+    let configured = ip(&["addr", "add", host_cidr, "dev", host_end])
+        .and_then(|()| ip(&["link", "set", host_end, "up"]));
+    if let Err(e) = configured {
+        let _ = ip(&["link", "del", "dev", switch_end]);
+        return Err(e);
+    }
+    Ok(())
+}
+
+/// The host's IPv4 addresses (all netdevs of kumo's network namespace).
+fn host_ipv4_addresses() -> Vec<std::net::Ipv4Addr> {
+    let out = Command::new(ip_binary())
+        .args(["-o", "-4", "addr", "show"])
+        .output();
+    out.map(|o| {
+        String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .filter_map(|l| {
+                let mut w = l.split_whitespace();
+                w.find(|t| *t == "inet")?;
+                w.next()?.split('/').next()?.parse().ok()
+            })
+            .collect()
+    })
+    .unwrap_or_default()
+}
+
+/// The host-only range public addresses come from (RFC 2544's benchmarking range, never routed
+/// on the internet).
+pub const PUBLIC_RANGE: &str = "198.18.0.0/15";
+
+/// A /30 of [`PUBLIC_RANGE`] that no address of this host is in: (host address, block). The
+/// search starts at a block derived from the instance id, so concurrent runs rarely collide.
+pub fn pick_public_block(instance_id: &str) -> Option<(std::net::Ipv4Addr, ipnet::Ipv4Net)> {
+    pick_public_block_avoiding(instance_id, &host_ipv4_addresses())
+}
+
+fn pick_public_block_avoiding(
+    instance_id: &str,
+    taken: &[std::net::Ipv4Addr],
+) -> Option<(std::net::Ipv4Addr, ipnet::Ipv4Net)> {
+    let range: ipnet::Ipv4Net = PUBLIC_RANGE.parse().expect("valid CIDR");
+    let blocks = 1u32 << (30 - range.prefix_len());
+    let start =
+        (u64::from_str_radix(suffix(instance_id), 16).unwrap_or(0) % u64::from(blocks)) as u32;
+    let base = u32::from(range.network());
+    (0..blocks).find_map(|i| {
+        let block = base + ((start + i) % blocks) * 4;
+        let net = ipnet::Ipv4Net::new(block.into(), 30).expect("valid prefix");
+        if taken.iter().any(|a| net.contains(a)) {
+            None
+        } else {
+            Some(((block + 1).into(), net))
+        }
+    })
+}
+
 /// Removes a veth pair by its switch end (no-op if it is gone).
 pub fn delete_link(name: &str) -> Result<(), NetdevError> {
     if !exists(name) {
@@ -280,6 +366,34 @@ mod tests {
         assert_eq!(veth_switch_name(ID), "kumov789abcdef0");
         assert_eq!(netns_name(ID), "kumo-i-0123456789abcdef0");
         assert_ne!(veth_switch_name(ID), veth_instance_name(ID));
+    }
+
+    #[test]
+    fn public_blocks_avoid_the_hosts_addresses() {
+        let (host, net) = pick_public_block_avoiding(ID, &[]).unwrap();
+        assert_eq!(net.prefix_len(), 30);
+        assert!(
+            PUBLIC_RANGE
+                .parse::<ipnet::Ipv4Net>()
+                .unwrap()
+                .contains(&net)
+        );
+        assert_eq!(u32::from(host), u32::from(net.network()) + 1);
+        // Taken by another run: the next block.
+        let (host2, net2) = pick_public_block_avoiding(ID, &[host]).unwrap();
+        assert_ne!(net2, net);
+        assert!(!net2.contains(&host));
+        assert_eq!(u32::from(host2), u32::from(net2.network()) + 1);
+        // Same id, same start: deterministic; another id starts elsewhere.
+        assert_eq!(pick_public_block_avoiding(ID, &[]), Some((host, net)));
+        let (_, other) = pick_public_block_avoiding("i-0123456789abcdef7", &[]).unwrap();
+        assert_ne!(other, net);
+        assert_ne!(
+            net.network(),
+            "198.18.0.0".parse::<std::net::Ipv4Addr>().unwrap()
+        );
+        assert_eq!(gateway_switch_name(ID), "kumog789abcdef0");
+        assert_eq!(gateway_host_name(ID), "kumoh789abcdef0");
     }
 
     #[test]

@@ -12,6 +12,14 @@
 //! 169.254.169.254. Flow logs and every dropped packet's reason go to `flow.log` and `drops.log`
 //! in the instance's directory.
 //!
+//! With host access (`kumo run --keep-running`), the VPC also gets an internet gateway, as a
+//! public subnet on AWS has: the switch's gateway port is one end of a veth pair whose other end
+//! holds the host's address in a /30 of the host-only range 198.18.0.0/15; the main route table
+//! sends 0.0.0.0/0 to the gateway; the ENI gets the /30's other address as its public IP (1:1
+//! NAT in the switch); and a second security group, `kumo-host-access`, lets the host's address
+//! in (all traffic), so `ssh` and `curl` from the host work while the default group still governs
+//! everything else.
+//!
 //! Each `kumo run` runs its own switch, so concurrent runs are isolated from one another (their
 //! VPCs never see each other, as separate AWS accounts would not).
 
@@ -21,7 +29,8 @@ use std::path::PathBuf;
 use kumo_net::MacAddr;
 use kumo_net::PortId;
 use kumo_net::config::{
-    FlowLogConfig, InstanceConfig, PortConfig, SubnetConfig, SwitchConfig, VpcConfig,
+    FlowLogConfig, GatewayConfig, InstanceConfig, PortConfig, RouteConfig, SecurityGroupConfig,
+    SgRuleConfig, SubnetConfig, SwitchConfig, VpcConfig,
 };
 use kumo_net::imds::{InstanceMetadata, PublicKey};
 use kumo_net::runtime::SwitchRuntime;
@@ -52,7 +61,23 @@ pub struct InstanceNetworkSpec {
     pub mac: MacAddr,
     /// Where flow logs and drop reasons go.
     pub log_dir: PathBuf,
+    /// Host access through an internet gateway.
+    pub gateway: Option<HostGateway>,
 }
+
+/// The internet gateway's host side.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostGateway {
+    /// The switch end of the gateway's veth pair.
+    pub switch_netdev: String,
+    /// The host's address (on the pair's host end).
+    pub host_ip: Ipv4Addr,
+    /// The range public addresses come from (contains `host_ip`).
+    pub public_cidr: ipnet::Ipv4Net,
+}
+
+/// The security group that lets the host in when it has access.
+pub const HOST_ACCESS_GROUP: &str = "kumo-host-access";
 
 /// Ids of the default VPC's resources, chosen up front so the record and the switch agree.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
@@ -80,7 +105,7 @@ impl Default for VpcIds {
 
 /// The switch description for one instance in the default VPC.
 pub fn default_vpc_config(spec: &InstanceNetworkSpec, ids: &VpcIds) -> SwitchConfig {
-    SwitchConfig {
+    let mut config = SwitchConfig {
         region: REGION.into(),
         vpcs: vec![VpcConfig {
             id: Some(ids.vpc_id.clone()),
@@ -121,7 +146,35 @@ pub fn default_vpc_config(spec: &InstanceNetworkSpec, ids: &VpcIds) -> SwitchCon
             interval_secs: Some(5),
         }),
         ..Default::default()
+    };
+    if let Some(gw) = &spec.gateway {
+        config.internet_gateway = Some(GatewayConfig {
+            netdev: gw.switch_netdev.clone(),
+            host_ip: gw.host_ip,
+            public_cidr: gw.public_cidr,
+        });
+        let vpc = &mut config.vpcs[0];
+        vpc.internet_gateway = Some(serde_json::Value::Bool(true));
+        vpc.main_routes = vec![RouteConfig {
+            destination: "0.0.0.0/0".parse().expect("valid CIDR"),
+            target: "igw".into(),
+        }];
+        vpc.security_groups = vec![SecurityGroupConfig {
+            name: HOST_ACCESS_GROUP.into(),
+            description: Some("kumo run: everything from this host".into()),
+            ingress: vec![SgRuleConfig {
+                protocol: "-1".into(),
+                cidr: Some(ipnet::Ipv4Net::from(gw.host_ip)),
+                description: Some("the host running kumo".into()),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }];
+        let port = &mut config.ports[0];
+        port.security_groups.push(HOST_ACCESS_GROUP.into());
+        port.associate_public_ip = Some(true);
     }
+    config
 }
 
 /// Errors starting the network.
@@ -147,6 +200,8 @@ pub struct Eni {
     pub eni_id: String,
     pub mac: String,
     pub private_ip: Ipv4Addr,
+    /// The public address (host access only).
+    pub public_ip: Option<Ipv4Addr>,
     pub security_group_id: String,
     pub netdev: String,
 }
@@ -207,6 +262,7 @@ pub fn plan(
             .first()
             .copied()
             .unwrap_or(Ipv4Addr::UNSPECIFIED),
+        public_ip: primary.public_ipv4s.first().copied(),
         security_group_id: primary
             .security_groups
             .first()
@@ -217,16 +273,26 @@ pub fn plan(
     Ok((switch, plan, eni, metadata))
 }
 
-/// Starts the switch thread and attaches the instance's netdev (which must exist).
+/// Starts the switch thread and attaches the instance's netdev and the gateway's (which must
+/// exist).
 pub fn start(config: SwitchConfig) -> Result<VpcNetwork, NetworkError> {
     let (switch, plan, eni, metadata) = plan(&config)?;
+    let gateway = config.internet_gateway.as_ref().map(|gw| gw.netdev.clone());
     let runtime = SwitchRuntime::start(switch)?;
-    runtime
-        .attach(plan.port, &plan.netdev, plan.port_role())
-        .map_err(|source| NetworkError::Attach {
-            netdev: plan.netdev.clone(),
-            source,
-        })?;
+    let attach = |port, netdev: &str, role| {
+        runtime
+            .attach(port, netdev, role)
+            .map_err(|source| NetworkError::Attach {
+                netdev: netdev.to_string(),
+                source,
+            })
+    };
+    attach(plan.port, &plan.netdev, plan.port_role())?;
+    if let Some(gw) = gateway {
+        // The config builder numbers the gateway's port after the ENIs'.
+        let port = PortId(plan.port.0 + 1);
+        attach(port, &gw, kumo_net::switch::PortRole::Gateway)?;
+    }
     Ok(VpcNetwork {
         runtime,
         port: plan.port,
@@ -255,6 +321,7 @@ mod tests {
             netdev: "kumov789abcdef0".into(),
             mac: "02:11:22:33:44:55".parse().unwrap(),
             log_dir: dir.to_path_buf(),
+            gateway: None,
         }
     }
 
@@ -310,6 +377,35 @@ mod tests {
         assert_eq!(nic.subnet_id, ids.subnet_id);
         assert_eq!(nic.vpc_id, ids.vpc_id);
         assert_eq!(nic.security_groups[0].name, "default");
+    }
+
+    #[test]
+    fn host_access_adds_a_gateway_a_public_ip_and_a_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut spec = spec(dir.path());
+        spec.gateway = Some(HostGateway {
+            switch_netdev: "kumog789abcdef0".into(),
+            host_ip: Ipv4Addr::new(198, 18, 7, 1),
+            public_cidr: "198.18.7.0/30".parse().unwrap(),
+        });
+        let ids = VpcIds::new();
+        let cfg = default_vpc_config(&spec, &ids);
+        let gw = cfg.internet_gateway.as_ref().unwrap();
+        assert_eq!(gw.netdev, "kumog789abcdef0");
+        assert_eq!(cfg.vpcs[0].main_routes[0].target, "igw");
+        assert_eq!(
+            cfg.ports[0].security_groups,
+            vec!["default".to_string(), HOST_ACCESS_GROUP.to_string()]
+        );
+        let (switch, plan, eni, md) = plan(&cfg).unwrap();
+        assert_eq!(eni.public_ip, Some(Ipv4Addr::new(198, 18, 7, 2)));
+        assert_eq!(
+            md.interfaces[0].public_ipv4s,
+            vec![Ipv4Addr::new(198, 18, 7, 2)]
+        );
+        assert_eq!(md.interfaces[0].security_groups.len(), 2);
+        // The gateway port comes right after the ENI's (what `start` attaches).
+        assert_eq!(switch.gateway_port(), Some(PortId(plan.port.0 + 1)));
     }
 
     #[test]

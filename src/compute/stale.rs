@@ -129,7 +129,13 @@ mod tests {
         let owned_dir = InstanceDir::create(home.path(), &owned.instance_id).unwrap();
         owned_dir.save(&owned).unwrap();
 
-        let done = clean_stale(home.path());
+        // Another test's child may hold a copy of the lock's fd between its fork and exec.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        let mut done = clean_stale(home.path());
+        while done.is_empty() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+            done = clean_stale(home.path());
+        }
         assert_eq!(done.len(), 1, "{done:?}");
         assert!(done[0].contains("i-00000000000000001"), "{done:?}");
         assert!(child.wait().unwrap().code().is_none(), "killed by a signal");
