@@ -83,17 +83,8 @@ pub struct BuildOutcome {
 pub enum BuildError {
     #[error(transparent)]
     Catalog(#[from] CatalogError),
-    #[error(
-        "building {name} failed during \"{step}\" ({status}); full log: {log}\n\
-         --- last lines of its output ---\n{tail}"
-    )]
-    Failed {
-        name: &'static str,
-        step: String,
-        status: String,
-        log: PathBuf,
-        tail: String,
-    },
+    #[error(transparent)]
+    Failed(Box<RecipeFailure>),
     #[error("{what} is missing: {fix}")]
     MissingInput { what: String, fix: String },
     #[error("cannot run {what}: {source}")]
@@ -106,6 +97,23 @@ pub enum BuildError {
     Agent(String),
     #[error("the kernel built at {path} is not what kumo boots: {reason}")]
     BadKernel { path: PathBuf, reason: String },
+}
+
+/// A recipe (or agent/build-static) that exited non-zero: where, why, and what it printed last.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "building {name} failed during \"{step}\" ({status}); full log: {log}\n\
+     --- last lines of its output ---\n{tail}{hint}"
+)]
+pub struct RecipeFailure {
+    pub name: &'static str,
+    pub step: String,
+    pub status: String,
+    pub log: PathBuf,
+    pub tail: String,
+    /// Advice when the output shows a known cause (a full disk, a network failure), with a
+    /// leading newline; empty otherwise.
+    pub hint: String,
 }
 
 /// `$PATH` plus the sbin directories where e2fsprogs lives, for the recipes and e2fsck.
@@ -190,6 +198,7 @@ impl Builder<'_> {
             self.observer.finished(&outcome);
             return Ok(outcome);
         }
+        self.explain_rebuild(builtin, &inputs, force)?;
         let result = self.run_recipe(builtin, kernel, &inputs);
         match result {
             Ok(entry) => {
@@ -207,6 +216,35 @@ impl Builder<'_> {
                 Err(e)
             }
         }
+    }
+
+    /// Says why `builtin` is being built: nothing was built before, --force, or which inputs
+    /// changed since the build in the catalog.
+    fn explain_rebuild(
+        &self,
+        builtin: Builtin,
+        inputs: &Inputs,
+        force: bool,
+    ) -> Result<(), BuildError> {
+        let why = match self.catalog.previous_inputs(builtin)? {
+            _ if force => "--force".to_owned(),
+            None => "not built yet".to_owned(),
+            Some(before) => {
+                let changed: Vec<&str> = inputs
+                    .described
+                    .iter()
+                    .filter(|now| !before.contains(now))
+                    .map(|now| now.split(':').next().unwrap_or(now))
+                    .collect();
+                if changed.is_empty() {
+                    "its recipe changed".to_owned()
+                } else {
+                    format!("changed: {}", changed.join(", "))
+                }
+            }
+        };
+        self.observer.step(builtin, &format!("building ({why})"));
+        Ok(())
     }
 
     fn inputs(&self, builtin: Builtin, kernel: Option<&Kernel>) -> Result<Inputs, BuildError> {
@@ -229,10 +267,6 @@ impl Builder<'_> {
                 h.value(
                     "linux-source",
                     &format!("{tarball} size={} mtime={mtime}", meta.len()),
-                );
-                h.value(
-                    "linux-source-package",
-                    &first_line_of("dpkg-query", &["-W", "-f=${Version}", "linux-source-6.1"]),
                 );
                 h.value("gcc", &first_line_of("gcc", &["--version"]));
                 h.value("binutils", &first_line_of("ld", &["--version"]));
@@ -331,6 +365,20 @@ impl Builder<'_> {
         inputs: &Inputs,
     ) -> Result<Entry, BuildError> {
         let name = builtin.name();
+        let staging_dir = self.catalog.staging_dir();
+        if let Ok(free) = super::catalog::free_bytes(&staging_dir)
+            && free < builtin.space_needed()
+        {
+            return Err(CatalogError::DiskFull {
+                path: staging_dir,
+                detail: format!(
+                    "building {name} needs about {} MiB there, {} MiB are free",
+                    builtin.space_needed() >> 20,
+                    free >> 20
+                ),
+            }
+            .into());
+        }
         let stage = self.catalog.stage(self.lock, &format!("build-{name}"))?;
         let recipe_dir = stage.path().join("recipe");
         let work = stage.path().join("work");
@@ -384,12 +432,15 @@ impl Builder<'_> {
         let install = self.catalog.stage(self.lock, &format!("install-{name}"))?;
         let artefact_src = out.join(builtin.artefact());
         let artefact = install.path().join(builtin.artefact());
-        fs::rename(&artefact_src, &artefact).map_err(|_| BuildError::Failed {
-            name,
-            step: "collecting the artefact".into(),
-            status: "the recipe exited 0".into(),
-            log: log_path.clone(),
-            tail: format!("the recipe did not write {}", artefact_src.display()),
+        fs::rename(&artefact_src, &artefact).map_err(|_| {
+            BuildError::Failed(Box::new(RecipeFailure {
+                name,
+                step: "collecting the artefact".into(),
+                status: "the recipe exited 0".into(),
+                log: log_path.clone(),
+                tail: format!("the recipe did not write {}", artefact_src.display()),
+                hint: String::new(),
+            }))
         })?;
         let mut release = None;
         for extra in ["config", "release"] {
@@ -412,6 +463,7 @@ impl Builder<'_> {
         let sha256 = ids::sha256_file(&artefact).map_err(CatalogError::io("read", &artefact))?;
         let origin = super::catalog::Origin::Built {
             inputs_hash: inputs.hash.clone(),
+            inputs: inputs.described.clone(),
         };
         if builtin.is_kernel() {
             let format = validate::check_kernel(&artefact).map_err(CatalogError::from)?;
@@ -504,13 +556,36 @@ impl Builder<'_> {
         if status.success() {
             return Ok(());
         }
-        Err(BuildError::Failed {
+        let tail = tail.into_iter().collect::<Vec<_>>().join("\n");
+        let hint = failure_hint(&tail, self.catalog.root());
+        Err(BuildError::Failed(Box::new(RecipeFailure {
             name: builtin.name(),
             step,
             status: status.to_string(),
             log: log_path.to_owned(),
-            tail: tail.into_iter().collect::<Vec<_>>().join("\n"),
-        })
+            tail,
+            hint,
+        })))
+    }
+}
+
+/// Advice for a failed recipe whose output shows a cause the user can fix.
+fn failure_hint(output: &str, catalog_root: &Path) -> String {
+    if output.contains("No space left on device") || output.contains("Disk quota exceeded") {
+        format!(
+            "\nhint: the disk is full: free space on the file system holding {} (builds stage \
+             there), or point KUMO_HOME at a larger one",
+            catalog_root.display()
+        )
+    } else if output.contains("Temporary failure resolving")
+        || output.contains("Could not resolve")
+        || output.contains("Failed to fetch")
+    {
+        "\nhint: downloading Debian packages failed: check the network and the mirror \
+         (KUMO_DEBIAN_MIRROR, default http://deb.debian.org/debian)"
+            .into()
+    } else {
+        String::new()
     }
 }
 
@@ -570,13 +645,14 @@ fn run_agent_build(script: &Path, logs: &Path) -> Result<PathBuf, BuildError> {
     if !out.status.success() {
         let text = fs::read_to_string(&log_path).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
-        return Err(BuildError::Failed {
+        return Err(BuildError::Failed(Box::new(RecipeFailure {
             name: "kumo-agent",
             step: format!("{} ({})", script.display(), "agent/build-static"),
             status: out.status.to_string(),
             log: log_path.clone(),
             tail: lines[lines.len().saturating_sub(TAIL_LINES)..].join("\n"),
-        });
+            hint: String::new(),
+        })));
     }
     let stdout = String::from_utf8_lossy(&out.stdout);
     let last = stdout
@@ -676,6 +752,7 @@ mod tests {
             sha256,
             origin: Origin::Built {
                 inputs_hash: inputs.hash,
+                inputs: inputs.described,
             },
         };
         catalog.install_kernel(&lock, staging, &kernel).unwrap();
@@ -781,7 +858,7 @@ mod tests {
         )
         .unwrap_err();
         let msg = err.to_string();
-        assert!(matches!(err, BuildError::Failed { .. }), "{msg}");
+        assert!(matches!(err, BuildError::Failed(_)), "{msg}");
         assert!(msg.contains("dynamically linked"), "{msg}");
         assert!(msg.contains("kumo-minimal.log"), "{msg}");
         assert_eq!(catalog.images().unwrap(), before);
@@ -789,6 +866,20 @@ mod tests {
             .unwrap()
             .collect();
         assert!(staging.is_empty(), "{staging:?}");
+    }
+
+    #[test]
+    fn failures_with_known_causes_say_what_to_do() {
+        let root = Path::new("/home/u/.local/share/kumo/images");
+        let full = failure_hint("mke2fs: No space left on device while writing", root);
+        assert!(
+            full.contains("disk is full") && full.contains("KUMO_HOME"),
+            "{full}"
+        );
+        assert!(full.contains("/home/u/.local/share/kumo/images"), "{full}");
+        let net = failure_hint("E: Failed to fetch http://deb.debian.org/...", root);
+        assert!(net.contains("KUMO_DEBIAN_MIRROR"), "{net}");
+        assert_eq!(failure_hint("make: *** [Makefile:1] Error 2", root), "");
     }
 
     #[test]

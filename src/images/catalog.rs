@@ -85,9 +85,14 @@ pub struct Kernel {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 pub enum Origin {
-    /// Built by `kumo images build` from the recipe with this inputs hash.
+    /// Built by `kumo images build` from the recipe with this inputs hash; `inputs` names what
+    /// went into it (tool versions, source package, agent hash...), to explain a rebuild.
     #[serde(rename_all = "PascalCase")]
-    Built { inputs_hash: String },
+    Built {
+        inputs_hash: String,
+        #[serde(default)]
+        inputs: Vec<String>,
+    },
     /// Registered by a user (RegisterImage) from this file.
     #[serde(rename_all = "PascalCase")]
     Registered { from: PathBuf },
@@ -253,7 +258,8 @@ impl Catalog {
         self.root.join("kernels")
     }
 
-    fn staging_dir(&self) -> PathBuf {
+    /// Where writers stage their work (on the catalog's file system).
+    pub fn staging_dir(&self) -> PathBuf {
         self.root.join(".staging")
     }
 
@@ -426,7 +432,7 @@ impl Catalog {
         builtin: Builtin,
         inputs_hash: &str,
     ) -> Result<Option<Entry>, CatalogError> {
-        let built_from = |origin: &Origin| matches!(origin, Origin::Built { inputs_hash: h } if h == inputs_hash);
+        let built_from = |origin: &Origin| matches!(origin, Origin::Built { inputs_hash: h, .. } if h == inputs_hash);
         let entry = if builtin.is_kernel() {
             self.kernels()?
                 .into_iter()
@@ -439,6 +445,23 @@ impl Catalog {
                 .map(Entry::Image)
         };
         Ok(entry.filter(|e| self.entry_path(e).is_file()))
+    }
+
+    /// The inputs recorded for the current build of `builtin` (whatever its inputs hash), to
+    /// say what changed when it has to be rebuilt.
+    pub fn previous_inputs(&self, builtin: Builtin) -> Result<Option<Vec<String>>, CatalogError> {
+        let origin = if builtin.is_kernel() {
+            self.builtin_kernel()?.map(|k| k.origin)
+        } else {
+            self.images()?
+                .into_iter()
+                .find(|i| i.name == builtin.name())
+                .map(|i| i.origin)
+        };
+        Ok(match origin {
+            Some(Origin::Built { inputs, .. }) => Some(inputs),
+            _ => None,
+        })
     }
 
     /// Moves a staged kernel (its file already at `staging/<format file name>`) into the
@@ -713,7 +736,7 @@ fn install_dir<T: Serialize>(
 }
 
 /// Free bytes for unprivileged writers on the file system holding `path`.
-fn free_bytes(path: &Path) -> io::Result<u64> {
+pub fn free_bytes(path: &Path) -> io::Result<u64> {
     use std::os::unix::ffi::OsStrExt;
     let c_path = std::ffi::CString::new(path.as_os_str().as_bytes())
         .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
@@ -1125,6 +1148,7 @@ mod tests {
             kernel_params: DEFAULT_KERNEL_PARAMS.into(),
             origin: Origin::Built {
                 inputs_hash: "ab".into(),
+                inputs: vec!["gcc: 12".into()],
             },
         };
         let json = serde_json::to_string(&image).unwrap();
@@ -1133,7 +1157,7 @@ mod tests {
             "{json}"
         );
         assert!(
-            json.contains("\"Origin\":{\"Built\":{\"InputsHash\":\"ab\"}}"),
+            json.contains(r#""Origin":{"Built":{"InputsHash":"ab","Inputs":["gcc: 12"]}}"#),
             "{json}"
         );
         assert_eq!(serde_json::from_str::<Image>(&json).unwrap(), image);

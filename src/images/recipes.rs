@@ -123,6 +123,16 @@ impl Builtin {
         self.files()[0].path
     }
 
+    /// Roughly the most disk space a build uses at once (sources, objects, the unpacked root file
+    /// system and the image), checked before it starts.
+    pub fn space_needed(self) -> u64 {
+        match self {
+            Builtin::Kernel => 3 << 30,
+            Builtin::KumoMinimal => 64 << 20,
+            Builtin::Debian12 => 2 << 30,
+        }
+    }
+
     /// The artefact the recipe writes into its output directory.
     pub fn artefact(self) -> &'static str {
         if self.is_kernel() {
@@ -146,13 +156,15 @@ impl InputsHasher {
         h.value("recipe-format", "kumo-recipe-v1");
         h.value("image", builtin.name());
         h.value("source-date-epoch", &SOURCE_DATE_EPOCH.to_string());
+        let mut files = Sha256::new();
         for file in builtin.all_files() {
-            h.hasher.update(b"file\0");
-            h.hasher.update(file.path.as_bytes());
-            h.hasher.update(b"\0");
-            h.hasher.update((file.contents.len() as u64).to_le_bytes());
-            h.hasher.update(file.contents);
+            files.update(b"file\0");
+            files.update(file.path.as_bytes());
+            files.update(b"\0");
+            files.update((file.contents.len() as u64).to_le_bytes());
+            files.update(file.contents);
         }
+        h.value("recipe-files", &hex::encode(files.finalize()));
         h
     }
 

@@ -72,8 +72,10 @@ pub struct Ext4Info {
 pub enum KernelFormat {
     /// An ELF64 x86_64 `vmlinux`; `pvh` is whether it has the PVH entry note
     /// (XEN_ELFNOTE_PHYS32_ENTRY) that kumo-vmm and QEMU microvm boot it through.
+    #[serde(rename_all = "PascalCase")]
     Elf { pvh: bool },
     /// A bzImage; `protocol` is the boot protocol version (e.g. 0x020f).
+    #[serde(rename_all = "PascalCase")]
     BzImage { protocol: u16 },
 }
 
