@@ -294,8 +294,15 @@ fn namespace_user_data_exit_0_shows_its_output() {
         "hello.sh",
         &format!(
             "#!/bin/sh\necho \"{marker} from $(hostname) as pid $$\"\n\
-             echo \"type=$(wget -qO- http://169.254.169.254/latest/meta-data/instance-type)\"\nexit 0\n"
+             md=http://169.254.169.254/latest/meta-data\n\
+             echo \"type=$(wget -qO- $md/instance-type)\"\n\
+             echo \"key=$(wget -qO- $md/public-keys/0/openssh-key)\"\nexit 0\n"
         ),
+    );
+    let key = user_data(
+        dir.path(),
+        "id_test.pub",
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKumoRunE2E kumo-e2e\n",
     );
     let started = Instant::now();
     let run = start(
@@ -308,6 +315,10 @@ fn namespace_user_data_exit_0_shows_its_output() {
             "t3.small",
             "--user-data",
             script.to_str().unwrap(),
+            "--key-name",
+            "e2e-key",
+            "--public-key",
+            key.to_str().unwrap(),
         ],
         &[],
     );
@@ -321,6 +332,10 @@ fn namespace_user_data_exit_0_shows_its_output() {
     assert!(
         stdout.contains("type=t3.small"),
         "the metadata service answered: {stdout}"
+    );
+    assert!(
+        stdout.contains("key=ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKumoRunE2E kumo-e2e"),
+        "the public key is in the metadata: {stdout}"
     );
     for words in [
         "on the namespace backend",
@@ -547,6 +562,43 @@ fn a_killed_run_is_cleaned_up_by_the_next() {
             .unwrap()
             .contains("cleaned up by a later kumo run"),
         "{record:#}"
+    );
+    assert_nothing_left(&instance_id(&stdout));
+}
+
+/// A user-data that does not finish in --timeout: kumo gives up, stops the instance (the agent
+/// kills the script as it powers off) and exits 124.
+#[test]
+fn timeout_stops_a_user_data_that_hangs() {
+    let _serial = serial();
+    if let Some(reason) = missing_prerequisite() {
+        return skip("timeout_stops_a_user_data_that_hangs", &reason);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let script = user_data(
+        dir.path(),
+        "hang.sh",
+        "#!/bin/sh\necho hanging\nsleep 600\n",
+    );
+    let run = start(
+        &[
+            "--image",
+            "kumo-minimal",
+            "--backend",
+            "namespace",
+            "--timeout",
+            "3",
+            "--user-data",
+            script.to_str().unwrap(),
+        ],
+        &[],
+    );
+    let (code, stdout, stderr) = run.finish(LONG);
+    assert_eq!(code, Some(124), "{stdout}\n{stderr}");
+    assert!(stdout.contains("hanging"), "{stdout}");
+    assert!(
+        stdout.contains("the user-data did not finish in time (--timeout)"),
+        "{stdout}"
     );
     assert_nothing_left(&instance_id(&stdout));
 }
