@@ -64,6 +64,7 @@ pub struct RunArgs {
     /// Give up (and terminate the instance) if the user-data has not finished after SECS.
     #[arg(long, value_name = "SECS", default_value_t = 600)]
     pub timeout: u64,
+    /// text: the console and what happened in words; json: only a JSON summary on stdout.
     #[arg(long, value_enum, default_value = "text")]
     pub output: OutputFormat,
 }
