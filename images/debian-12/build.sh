@@ -35,6 +35,9 @@ mmdebstrap --mode=root --variant=minbase --format=directory \
   "deb $mirror bookworm-updates main" \
   "deb $security bookworm-security main"
 
+# What the mirror gave us: two builds with the same list must give the same disk.
+chroot "$root" dpkg-query -W -f='${Package} ${Version}\n' | sort >"$KUMO_OUT/packages.txt"
+
 step "configuring cloud-init, networkd, sshd and the serial console"
 cp -R "$KUMO_RECIPE_DIR/debian-12/rootfs/." "$root/"
 echo debian >"$root/etc/hostname"

@@ -443,7 +443,7 @@ impl Builder<'_> {
             }))
         })?;
         let mut release = None;
-        for extra in ["config", "release"] {
+        for extra in ["config", "release", "packages.txt"] {
             let src = out.join(extra);
             if src.exists() {
                 if extra == "release" {

@@ -5,6 +5,7 @@
 //! images/
 //!   amis/ami-<17 hex>/image.json      the record (DescribeImages fields and kumo's own)
 //!   amis/ami-<17 hex>/root.ext4       the root disk (raw ext4, whole disk, no partition table)
+//!   amis/ami-<17 hex>/packages.txt    (debian-12) the Debian packages and versions it holds
 //!   kernels/aki-<17 hex>/kernel.json  the record
 //!   kernels/aki-<17 hex>/vmlinux      (or bzImage); built kernels also keep `config`
 //!   logs/<name>.log                   the output of the last build of <name>

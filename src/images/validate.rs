@@ -28,7 +28,7 @@ pub enum ValidationError {
     },
     #[error(
         "{path} is not a usable ext4 root disk: {reason}; make one with \
-         `mke2fs -t ext4 -d ROOTDIR {path} SIZE` (a raw image, no partition table)"
+         `mke2fs -t ext4 -d ROOTDIR DISK.ext4 SIZE` (a raw image, no partition table)"
     )]
     NotExt4 { path: PathBuf, reason: String },
     #[error(
