@@ -535,11 +535,17 @@ impl Builder<'_> {
         drop(cmd); // closes our copies of the pipe's write end, so reading ends with the child
         let mut step = "starting".to_owned();
         let mut tail: VecDeque<String> = VecDeque::with_capacity(TAIL_LINES);
+        let started = Instant::now();
         for line in BufReader::new(reader).split(b'\n') {
             let Ok(line) = line else { break };
             let line = String::from_utf8_lossy(&line);
             let line = line.trim_end_matches('\r');
-            let _ = writeln!(log, "{line}");
+            if line.starts_with(STEP_MARKER) {
+                // Step lines carry the time since the recipe started, for `bench/images`.
+                let _ = writeln!(log, "{line} [at {:.1}s]", started.elapsed().as_secs_f64());
+            } else {
+                let _ = writeln!(log, "{line}");
+            }
             if let Some(text) = line.strip_prefix(STEP_MARKER) {
                 step = text.to_owned();
                 self.observer.step(builtin, text);
@@ -552,6 +558,11 @@ impl Builder<'_> {
             }
         }
         let status = child.wait().map_err(spawn_err)?;
+        let _ = writeln!(
+            log,
+            "{STEP_MARKER}recipe exited ({status}) [at {:.1}s]",
+            started.elapsed().as_secs_f64()
+        );
         let _ = log.flush();
         if status.success() {
             return Ok(());
