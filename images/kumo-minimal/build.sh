@@ -29,9 +29,21 @@ install -m 0755 "$busybox" "$root/bin/busybox"
 "$busybox" --list-full | sort | while IFS= read -r applet; do
   [[ -e $root/$applet || -L $root/$applet ]] && continue
   [[ $applet == sbin/init || $applet == linuxrc ]] && continue
-  rel=$(realpath -m --relative-to="$(dirname "/$applet")" /bin/busybox)
-  ln -s "$rel" "$root/$applet"
+  # The link is relative and computed from the path's depth alone: realpath would resolve the
+  # host's own /bin, which on a merged-/usr host is usr/bin and would make /usr/bin links dangle.
+  up=${applet//[!\/]/}
+  up=${up//\//../}
+  ln -s "${up}bin/busybox" "$root/$applet"
 done
+# Every link must resolve inside the image (checked here, where a mistake is cheap to see).
+while IFS= read -r -d '' link; do
+  target=$(readlink "$link")
+  case $target in
+    /*) resolved=$root$target ;;
+    *) resolved=$(dirname "$link")/$target ;;
+  esac
+  [[ -e $resolved ]] || die "dangling symlink in kumo-minimal: ${link#"$root"} -> $target"
+done < <(find "$root" -type l -print0)
 cp -R "$KUMO_RECIPE_DIR/kumo-minimal/rootfs/." "$root/"
 chmod 0755 "$root/etc/init.d/rcS" "$root/usr/share/udhcpc/default.script"
 chmod 0640 "$root/etc/shadow"
