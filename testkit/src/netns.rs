@@ -2,7 +2,7 @@
 
 use std::io;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::{Command, Output, Stdio};
 
 /// A network namespace made by a test (`ip netns add`). Dropping it kills every process still
 /// inside and deletes it, which also deletes the netdevs in it (a veth's peer with them).
@@ -41,11 +41,19 @@ impl Netns {
         PathBuf::from("/run/netns").join(&self.name)
     }
 
-    /// `ip netns exec NAME PROGRAM`: a command that runs `program` inside the namespace.
-    pub fn command(&self, program: &str) -> Command {
+    /// `ip netns exec NAME ARGS...`: a command that runs `args` inside the namespace.
+    pub fn command(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &self.name, program]);
+        cmd.args(["netns", "exec", &self.name]).args(args);
         cmd
+    }
+
+    /// Runs `args` inside the namespace; an error if it cannot start or fails (with its
+    /// stderr).
+    pub fn exec(&self, args: &[&str]) -> io::Result<Output> {
+        let mut full = vec!["ip", "netns", "exec", &self.name];
+        full.extend_from_slice(args);
+        crate::run(&full)
     }
 }
 

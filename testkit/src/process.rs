@@ -29,8 +29,8 @@ impl ChildGuard {
         }
     }
 
-    /// Kills it now (SIGKILL) if it still runs, and reaps it.
-    pub fn kill(&mut self) {
+    /// Kills it (SIGKILL) if it still runs, and reaps it.
+    fn kill_and_reap(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -78,7 +78,7 @@ impl Drop for ChildGuard {
                 return;
             }
         }
-        self.kill();
+        self.kill_and_reap();
     }
 }
 
