@@ -12,6 +12,7 @@
 
 mod common;
 use common::*;
+use kumo_testkit::no_hardware_virtualization;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;

@@ -23,7 +23,8 @@
 //!   timeout; [`Vmm::spawn`] gives a [`RunningVmm`] for tests that talk to it while it runs
 //!   (API socket): it reads output as it comes and kills the process when dropped, so a failing
 //!   test leaves nothing behind.
-//! - [`skip`] prints `SKIPPED: <test>: <reason>` on stderr and appends it to `$KUMO_SKIP_LOG`.
+//! - [`skip`] (from kumo-testkit) prints `SKIPPED: <test>: <reason>` on stderr and appends it to
+//!   `$KUMO_SKIP_LOG`.
 #![allow(dead_code)]
 
 use std::fmt;
@@ -39,21 +40,7 @@ pub const KUMO_VMM: &str = env!("CARGO_BIN_EXE_kumo-vmm");
 /// Default time limit for one VM run.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Reports a skipped test the project's way.
-pub fn skip(test: &str, reason: &str) {
-    let line = format!("SKIPPED: {test}: {reason}");
-    eprintln!("{line}");
-    if let Some(log) = std::env::var_os("KUMO_SKIP_LOG") {
-        use std::io::Write;
-        if let Ok(mut f) = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log)
-        {
-            let _ = writeln!(f, "{line}");
-        }
-    }
-}
+pub use kumo_testkit::skip;
 
 /// Whether /dev/kvm can be opened; if not, reports `test` as skipped.
 pub fn kvm_available(test: &str) -> bool {
@@ -68,23 +55,6 @@ pub fn kvm_available(test: &str) -> bool {
             false
         }
     }
-}
-
-/// Whether this host runs KVM in software (kvm-pvm) or without vmx/svm, where a stock Linux
-/// kernel cannot boot; the reason if so.
-pub fn no_hardware_virtualization() -> Option<String> {
-    if Path::new("/sys/module/kvm_pvm").exists() {
-        return Some("this host's /dev/kvm is kvm-pvm (software nested virtualization), which cannot run a stock Linux kernel".into());
-    }
-    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let flags = cpuinfo
-        .lines()
-        .find(|l| l.starts_with("flags"))
-        .unwrap_or("");
-    if !flags.split_whitespace().any(|f| f == "vmx" || f == "svm") {
-        return Some("no vmx/svm in /proc/cpuinfo: no hardware virtualization".into());
-    }
-    None
 }
 
 fn repo_vmm_dir() -> PathBuf {

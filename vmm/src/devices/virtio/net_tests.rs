@@ -467,122 +467,33 @@ proptest! {
 mod tap {
     use super::*;
     use crate::devices::virtio::tap::Tap;
-    use std::process::Command;
-    use std::sync::atomic::{AtomicU32, Ordering};
+    use kumo_testkit::{Netdev, PacketSocket, unique_name};
 
     /// A TAP device created for one test and deleted when it ends, pass or fail.
-    struct TapGuard(String);
-
-    impl TapGuard {
-        fn create() -> TapGuard {
-            static COUNTER: AtomicU32 = AtomicU32::new(0);
-            let name = format!(
-                "kvt{}x{}",
-                std::process::id() % 100_000,
-                COUNTER.fetch_add(1, Ordering::SeqCst)
-            );
-            let status = Command::new("ip")
-                .args(["tuntap", "add", "dev", &name, "mode", "tap"])
-                .status()
-                .expect("run ip");
-            assert!(status.success(), "ip tuntap add {name}");
-            let guard = TapGuard(name);
-            // The host must not send its own traffic (IPv6 router solicitations, MLD) on it.
-            let _ = std::fs::write(
-                format!("/proc/sys/net/ipv6/conf/{}/disable_ipv6", guard.0),
-                "1",
-            );
-            let status = Command::new("ip")
-                .args(["link", "set", "dev", &guard.0, "up"])
-                .status()
-                .expect("run ip");
-            assert!(status.success());
-            guard
-        }
+    fn create_tap() -> Netdev {
+        Netdev::tap(unique_name("kvt")).unwrap_or_else(|e| panic!("creating the TAP: {e}"))
     }
 
-    impl Drop for TapGuard {
-        fn drop(&mut self) {
-            let _ = Command::new("ip")
-                .args(["link", "del", "dev", &self.0])
-                .status();
-        }
+    /// An AF_PACKET socket bound to `ifname`: what the VPC switch uses.
+    fn packet_socket(ifname: &str) -> PacketSocket {
+        PacketSocket::bind(ifname).unwrap_or_else(|e| panic!("AF_PACKET socket on {ifname}: {e}"))
     }
 
-    /// An AF_PACKET socket bound to one interface: what the VPC switch uses.
-    struct PacketSocket(std::os::fd::OwnedFd);
-
-    impl PacketSocket {
-        fn bind(ifname: &str) -> PacketSocket {
-            use std::os::fd::FromRawFd;
-            let protocol = (libc::ETH_P_ALL as u16).to_be();
-            // SAFETY: socket() takes no pointers; the result is checked below.
-            let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, i32::from(protocol)) };
-            assert!(
-                fd >= 0,
-                "AF_PACKET socket: {}",
-                std::io::Error::last_os_error()
-            );
-            // SAFETY: `fd` is a fresh descriptor we own.
-            let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
-            let name = std::ffi::CString::new(ifname).unwrap();
-            // SAFETY: `name` is a valid NUL-terminated string that outlives the call.
-            let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
-            assert_ne!(index, 0, "no interface {ifname}");
-            // SAFETY: sockaddr_ll is plain old data; all-zero is a valid value.
-            let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-            addr.sll_family = libc::AF_PACKET as u16;
-            addr.sll_protocol = protocol;
-            addr.sll_ifindex = index as i32;
-            // SAFETY: `addr` is a valid sockaddr_ll and we pass its exact size.
-            let ret = unsafe {
-                libc::bind(
-                    fd.as_raw_fd(),
-                    (&addr as *const libc::sockaddr_ll).cast(),
-                    std::mem::size_of::<libc::sockaddr_ll>() as u32,
-                )
+    /// The next frame with our test ethertype on `packet`, within two seconds.
+    fn recv_test_frame(packet: &PacketSocket) -> Option<Vec<u8>> {
+        let deadline = Instant::now() + Duration::from_secs(2);
+        let mut buf = vec![0u8; 70000];
+        while Instant::now() < deadline {
+            let Some(n) = packet.try_recv(&mut buf) else {
+                std::thread::sleep(Duration::from_millis(5));
+                continue;
             };
-            assert_eq!(ret, 0, "bind: {}", std::io::Error::last_os_error());
-            PacketSocket(fd)
-        }
-
-        fn send(&self, frame: &[u8]) {
-            // SAFETY: `frame` is valid for `frame.len()` bytes for the duration of the call.
-            let n =
-                unsafe { libc::send(self.0.as_raw_fd(), frame.as_ptr().cast(), frame.len(), 0) };
-            assert_eq!(
-                n,
-                frame.len() as isize,
-                "{}",
-                std::io::Error::last_os_error()
-            );
-        }
-
-        /// The next frame with our test ethertype, within two seconds.
-        fn recv_test_frame(&self) -> Option<Vec<u8>> {
-            let deadline = Instant::now() + Duration::from_secs(2);
-            let mut buf = vec![0u8; 70000];
-            while Instant::now() < deadline {
-                // SAFETY: `buf` is valid for writes of `buf.len()` bytes.
-                let n = unsafe {
-                    libc::recv(
-                        self.0.as_raw_fd(),
-                        buf.as_mut_ptr().cast(),
-                        buf.len(),
-                        libc::MSG_DONTWAIT,
-                    )
-                };
-                if n < 0 {
-                    std::thread::sleep(Duration::from_millis(5));
-                    continue;
-                }
-                let f = &buf[..n as usize];
-                if f.len() >= 14 && f[12..14] == [0x88, 0xb5] {
-                    return Some(f.to_vec());
-                }
+            let f = &buf[..n];
+            if f.len() >= 14 && f[12..14] == [0x88, 0xb5] {
+                return Some(f.to_vec());
             }
-            None
         }
+        None
     }
 
     fn read_tap_frame(tap: &Tap) -> Option<Vec<u8>> {
@@ -608,15 +519,13 @@ mod tap {
         if !require_root("virtio::net_tests::tap::tap_exchanges_frames_with_an_af_packet_socket") {
             return;
         }
-        let guard = TapGuard::create();
-        let tap = Tap::open(&guard.0).unwrap();
-        let packet = PacketSocket::bind(&guard.0);
+        let guard = create_tap();
+        let tap = Tap::open(guard.name()).unwrap();
+        let packet = packet_socket(guard.name());
 
         let out = frame(200, 0x11);
         assert_eq!(tap.write_frame(&out).unwrap(), out.len());
-        let seen = packet
-            .recv_test_frame()
-            .expect("frame from the TAP on AF_PACKET");
+        let seen = recv_test_frame(&packet).expect("frame from the TAP on AF_PACKET");
         assert_eq!(
             &seen[..],
             &out[VNET_HDR_LEN..],
@@ -624,7 +533,7 @@ mod tap {
         );
 
         let inbound = &frame(300, 0x22)[VNET_HDR_LEN..];
-        packet.send(inbound);
+        assert_eq!(packet.send(inbound).expect("send"), inbound.len());
         let got = read_tap_frame(&tap).expect("frame from AF_PACKET on the TAP");
         assert_eq!(&got[VNET_HDR_LEN..], inbound);
         assert_eq!(got[0], 0, "no offload flags on a plain frame");
@@ -635,11 +544,11 @@ mod tap {
         if !require_root("virtio::net_tests::tap::net_device_moves_frames_between_guest_and_tap") {
             return;
         }
-        let guard = TapGuard::create();
+        let guard = create_tap();
         let mem = guest_memory();
-        let net = Net::new(&guard.0, MAC).unwrap();
+        let net = Net::new(guard.name(), MAC).unwrap();
         let stats = net.stats();
-        let packet = PacketSocket::bind(&guard.0);
+        let packet = packet_socket(guard.name());
         let mut t = MmioTransport::new(Box::new(net), mem.clone()).unwrap();
         negotiate(
             &mut t,
@@ -661,13 +570,13 @@ mod tap {
         let out = frame(64, 0x33);
         mem.write_slice(&out, GuestAddress(BUF)).unwrap();
         send_tx(&mut t, &mem, &tx, &[desc(BUF, out.len() as u32, 0, 0)]);
-        let seen = packet.recv_test_frame().expect("guest frame on the TAP");
+        let seen = recv_test_frame(&packet).expect("guest frame on the TAP");
         assert_eq!(&seen[..], &out[VNET_HDR_LEN..]);
 
         // Host to guest.
         add_rx(&rx, 0, &[desc(BUF + 0x1_0000, 2048, WRITE, 0)]);
         let inbound = &frame(100, 0x44)[VNET_HDR_LEN..];
-        packet.send(inbound);
+        assert_eq!(packet.send(inbound).expect("send"), inbound.len());
         let deadline = Instant::now() + Duration::from_secs(2);
         while used_idx(&mem, &rx) == 0 && Instant::now() < deadline {
             t.process_host_event(false);

@@ -1,8 +1,6 @@
 //! Helpers for the virtio unit tests: guest memory, a register-level driver for the transport,
 //! and descriptor builders on top of `virtio_queue::mock`.
 
-use std::io::Write as _;
-
 use virtio_bindings::virtio_config::{
     VIRTIO_CONFIG_S_ACKNOWLEDGE, VIRTIO_CONFIG_S_DRIVER, VIRTIO_CONFIG_S_DRIVER_OK,
     VIRTIO_CONFIG_S_FEATURES_OK, VIRTIO_F_VERSION_1,
@@ -104,30 +102,14 @@ pub fn used_idx(mem: &GuestMemory, vq: &MockSplitQueue<'_, GuestMemory>) -> u16 
 }
 
 /// True if the test may run as root; otherwise reports `SKIPPED: <name>: <reason>` on stderr
-/// and in `$KUMO_SKIP_LOG` (the project's convention) and returns false.
+/// and in `$KUMO_SKIP_LOG` (the project's convention, kept by kumo-testkit) and returns false.
 pub fn require_root(test_name: &str) -> bool {
-    // SAFETY: geteuid has no preconditions and touches no memory.
-    if unsafe { libc::geteuid() } == 0 {
+    if kumo_testkit::is_root() {
         return true;
     }
-    skip(
+    kumo_testkit::skip(
         test_name,
         "needs root (CAP_NET_ADMIN) to create a TAP device",
     );
     false
-}
-
-/// Reports a skipped test the project's way.
-pub fn skip(test_name: &str, reason: &str) {
-    let line = format!("SKIPPED: {test_name}: {reason}");
-    eprintln!("{line}");
-    if let Some(path) = std::env::var_os("KUMO_SKIP_LOG")
-        && let Ok(mut file) = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-    {
-        // One write of the whole line, so concurrent tests never interleave their lines.
-        let _ = file.write_all(format!("{line}\n").as_bytes());
-    }
 }
