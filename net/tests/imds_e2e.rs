@@ -22,73 +22,35 @@
 
 mod imds_common;
 
-use std::ffi::CString;
-use std::io::{self, Write as _};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use imds_common::sample_metadata;
 use kumo_net::PortId;
 use kumo_net::config::SwitchConfig;
 use kumo_net::imds::{HttpTokens, ImdsStats, InstanceMetadata, METADATA_IPV4, MetadataService};
 use kumo_net::runtime::SwitchRuntime;
+use kumo_testkit::{
+    Netdev, Netns, PacketSocket, have_tool, is_root, missing_tool, run, skip, unique_name,
+};
 
 const ROUTER_MAC: [u8; 6] = [0x02, 0x00, 0x00, 0x00, 0x00, 0x01];
 const PORT: PortId = PortId(1);
 
 // ----- skipping -----
 
-/// Reports a test that cannot run here, as TEAM.md asks: stderr and `$KUMO_SKIP_LOG`.
-fn skip(test: &str, reason: &str) {
-    let line = format!("SKIPPED: {test}: {reason}");
-    eprintln!("{line}");
-    if let Ok(path) = std::env::var("KUMO_SKIP_LOG")
-        && let Ok(mut file) = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-    {
-        let _ = writeln!(file, "{line}");
-    }
-}
-
-fn have(program: &str) -> bool {
-    Command::new("sh")
-        .args(["-c", &format!("command -v {program}")])
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
-
 /// Why the namespace harness cannot run here, if it cannot.
 fn harness_unavailable() -> Option<String> {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    if unsafe { libc::geteuid() } != 0 {
+    if !is_root() {
         return Some("needs root (network namespaces, veth, AF_PACKET)".into());
     }
-    for tool in ["ip", "ethtool"] {
-        if !have(tool) {
-            return Some(format!("`{tool}` not found: run scripts/install-deps"));
-        }
-    }
-    None
-}
-
-// ----- commands -----
-
-fn run(args: &[&str]) -> io::Result<Output> {
-    let output = Command::new(args[0]).args(&args[1..]).output()?;
-    if !output.status.success() {
-        return Err(io::Error::other(format!(
-            "{} failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&output.stderr).trim()
-        )));
-    }
-    Ok(output)
+    missing_tool(&["ip", "ethtool"])
+        .map(|tool| format!("`{tool}` not found: run scripts/install-deps"))
 }
 
 // ----- the namespace and its veth -----
@@ -96,27 +58,20 @@ fn run(args: &[&str]) -> io::Result<Output> {
 /// A network namespace joined to the host by a veth pair; deleted on drop (which deletes the
 /// veth too).
 struct GuestNamespace {
-    name: String,
-    host_if: String,
+    ns: Netns,
+    host_if: Netdev,
 }
-
-static NEXT_ID: AtomicUsize = AtomicUsize::new(0);
 
 impl GuestNamespace {
     /// Namespace with eth0 = `mac`, 10.0.1.5/24, default route via 10.0.1.1; with
     /// `tx_checksum_offload` off, the host sees complete checksums on its end of the veth.
     fn create(mac: [u8; 6], tx_checksum_offload: bool) -> io::Result<Self> {
-        let id = format!(
-            "{}{}",
-            std::process::id() % 100_000,
-            NEXT_ID.fetch_add(1, Ordering::SeqCst)
-        );
+        let id = unique_name("");
         let ns = Self {
-            name: format!("kumo-imds-{id}"),
-            host_if: format!("kimh{id}"),
+            ns: Netns::add(format!("kumo-imds-{id}"))?,
+            host_if: Netdev::adopt(format!("kimh{id}")),
         };
         let guest_if = format!("kimg{id}");
-        run(&["ip", "netns", "add", &ns.name])?;
         // `ip netns exec` bind-mounts /etc/netns/NAME/resolv.conf over /etc/resolv.conf: a
         // resolver on the namespace's own loopback fails lookups at once (cloud-init checks
         // for DNS hijacking) instead of timing out towards the host's resolver.
@@ -126,21 +81,21 @@ impl GuestNamespace {
             "ip",
             "link",
             "add",
-            &ns.host_if,
+            ns.host_if.name(),
             "type",
             "veth",
             "peer",
             "name",
             &guest_if,
             "netns",
-            &ns.name,
+            ns.ns.name(),
         ])?;
         // The host stays out of the VPC: no address, no IPv6 on its end.
         std::fs::write(
-            format!("/proc/sys/net/ipv6/conf/{}/disable_ipv6", ns.host_if),
+            format!("/proc/sys/net/ipv6/conf/{}/disable_ipv6", ns.host_if.name()),
             "1",
         )?;
-        run(&["ip", "link", "set", &ns.host_if, "up"])?;
+        run(&["ip", "link", "set", ns.host_if.name(), "up"])?;
         let mac = mac
             .iter()
             .map(|b| format!("{b:02x}"))
@@ -160,28 +115,21 @@ impl GuestNamespace {
     }
 
     fn etc_dir(&self) -> PathBuf {
-        Path::new("/etc/netns").join(&self.name)
+        Path::new("/etc/netns").join(self.ns.name())
     }
 
     fn command(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &self.name]).args(args);
-        cmd
+        self.ns.command(args)
     }
 
     fn exec(&self, args: &[&str]) -> io::Result<Output> {
-        let mut full = vec!["ip", "netns", "exec", &self.name];
-        full.extend_from_slice(args);
-        run(&full)
+        self.ns.exec(args)
     }
 
     /// Adds a second namespace behind this one (a "container" one routed hop away):
-    /// 192.168.50.2/24, default route via this namespace, which forwards.
-    fn add_container(&self) -> io::Result<ContainerNamespace> {
-        let inner = ContainerNamespace {
-            name: format!("{}-c", self.name),
-        };
-        run(&["ip", "netns", "add", &inner.name])?;
+    /// 192.168.50.2/24, default route via this namespace, which forwards. Deleted on drop.
+    fn add_container(&self) -> io::Result<Netns> {
+        let inner = Netns::add(format!("{}-c", self.ns.name()))?;
         let (outer_if, inner_if) = ("ctr0", "eth0");
         self.exec(&[
             "ip",
@@ -194,139 +142,32 @@ impl GuestNamespace {
             "name",
             "ctrpeer",
             "netns",
-            &inner.name,
+            inner.name(),
         ])?;
         self.exec(&["ip", "addr", "add", "192.168.50.1/24", "dev", outer_if])?;
         self.exec(&["ip", "link", "set", outer_if, "up"])?;
         self.exec(&["sysctl", "-qw", "net.ipv4.ip_forward=1"])?;
         self.exec(&["ethtool", "-K", outer_if, "tx", "off"])?;
-        let in_inner = |args: &[&str]| {
-            let mut full = vec!["ip", "netns", "exec", inner.name.as_str()];
-            full.extend_from_slice(args);
-            run(&full)
-        };
-        in_inner(&["sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1"])?;
-        in_inner(&["ip", "link", "set", "ctrpeer", "name", inner_if])?;
-        in_inner(&["ip", "addr", "add", "192.168.50.2/24", "dev", inner_if])?;
-        in_inner(&["ip", "link", "set", "lo", "up"])?;
-        in_inner(&["ip", "link", "set", inner_if, "up"])?;
-        in_inner(&["ip", "route", "add", "default", "via", "192.168.50.1"])?;
-        in_inner(&["ethtool", "-K", inner_if, "tx", "off"])?;
+        inner.exec(&["sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1"])?;
+        inner.exec(&["ip", "link", "set", "ctrpeer", "name", inner_if])?;
+        inner.exec(&["ip", "addr", "add", "192.168.50.2/24", "dev", inner_if])?;
+        inner.exec(&["ip", "link", "set", "lo", "up"])?;
+        inner.exec(&["ip", "link", "set", inner_if, "up"])?;
+        inner.exec(&["ip", "route", "add", "default", "via", "192.168.50.1"])?;
+        inner.exec(&["ethtool", "-K", inner_if, "tx", "off"])?;
         Ok(inner)
     }
 }
 
 impl Drop for GuestNamespace {
     fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .output();
-        let _ = Command::new("ip")
-            .args(["link", "del", &self.host_if])
-            .output();
+        // The namespace and the veth go with the fields' own guards.
         let _ = std::fs::remove_dir_all(self.etc_dir());
         let _ = std::fs::remove_dir(self.etc_dir().parent().unwrap_or(Path::new("/")));
     }
 }
 
-/// A namespace behind the guest namespace; deleted on drop.
-struct ContainerNamespace {
-    name: String,
-}
-
-impl ContainerNamespace {
-    fn command(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &self.name]).args(args);
-        cmd
-    }
-}
-
-impl Drop for ContainerNamespace {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .output();
-    }
-}
-
 // ----- the AF_PACKET router stand-in -----
-
-/// An AF_PACKET socket bound to one interface; closed on drop.
-struct PacketSocket {
-    fd: libc::c_int,
-}
-
-impl PacketSocket {
-    fn bind(interface: &str) -> io::Result<Self> {
-        let name = CString::new(interface).map_err(io::Error::other)?;
-        // SAFETY: `name` is a valid NUL-terminated string for the duration of the call.
-        let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
-        if ifindex == 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let protocol = (libc::ETH_P_ALL as u16).to_be();
-        // SAFETY: plain socket(2) call; the result is checked below.
-        let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, i32::from(protocol)) };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let socket = Self { fd };
-        // SAFETY: sockaddr_ll is plain old data; all-zero is a valid value.
-        let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-        addr.sll_family = libc::AF_PACKET as u16;
-        addr.sll_protocol = protocol;
-        addr.sll_ifindex = ifindex as i32;
-        // SAFETY: `addr` is a valid sockaddr_ll and the length passed is its size.
-        let rc = unsafe {
-            libc::bind(
-                socket.fd,
-                (&addr as *const libc::sockaddr_ll).cast::<libc::sockaddr>(),
-                std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
-            )
-        };
-        if rc < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let timeout = libc::timeval {
-            tv_sec: 0,
-            tv_usec: 20_000,
-        };
-        // SAFETY: `timeout` is a valid timeval and the length passed is its size.
-        let rc = unsafe {
-            libc::setsockopt(
-                socket.fd,
-                libc::SOL_SOCKET,
-                libc::SO_RCVTIMEO,
-                (&timeout as *const libc::timeval).cast::<libc::c_void>(),
-                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
-            )
-        };
-        if rc < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(socket)
-    }
-
-    /// One frame, or None when the receive timeout passed.
-    fn recv(&self, buf: &mut [u8]) -> Option<usize> {
-        // SAFETY: `buf` is valid for writes of `buf.len()` bytes.
-        let n = unsafe { libc::recv(self.fd, buf.as_mut_ptr().cast(), buf.len(), 0) };
-        (n > 0).then_some(n as usize)
-    }
-
-    fn send(&self, frame: &[u8]) {
-        // SAFETY: `frame` is valid for reads of `frame.len()` bytes.
-        let _ = unsafe { libc::send(self.fd, frame.as_ptr().cast(), frame.len(), 0) };
-    }
-}
-
-impl Drop for PacketSocket {
-    fn drop(&mut self) {
-        // SAFETY: `fd` is a socket this value owns; it is closed once, here.
-        unsafe { libc::close(self.fd) };
-    }
-}
 
 /// The thread that plays the VPC router for one port; stopped and joined on drop.
 struct RouterStandIn {
@@ -338,6 +179,7 @@ struct RouterStandIn {
 impl RouterStandIn {
     fn start(host_if: &str, metadata: InstanceMetadata) -> io::Result<Self> {
         let socket = PacketSocket::bind(host_if)?;
+        socket.set_recv_timeout(Duration::from_millis(20))?;
         let mut service = MetadataService::default();
         service.set_instance(PORT, metadata);
         let service = Arc::new(Mutex::new(service));
@@ -378,7 +220,7 @@ fn serve_port(socket: &PacketSocket, service: &Mutex<MetadataService>, stop: &At
         if service.poll_at(now).is_some_and(|at| at <= now) {
             for (_, packet) in service.poll(now) {
                 // The guest's MAC is the only one on this port.
-                socket.send(&ethernet(
+                let _ = socket.send(&ethernet(
                     sample_metadata().interfaces[0].mac,
                     0x0800,
                     &packet,
@@ -417,7 +259,7 @@ fn handle_frame(socket: &PacketSocket, service: &Mutex<MetadataService>, frame: 
             reply.extend_from_slice(target_ip);
             reply.extend_from_slice(&src_mac);
             reply.extend_from_slice(sender_ip);
-            socket.send(&ethernet(src_mac, 0x0806, &reply));
+            let _ = socket.send(&ethernet(src_mac, 0x0806, &reply));
         }
         0x0800 if payload.len() >= 20 => {
             let total = usize::from(u16::from_be_bytes([payload[2], payload[3]]));
@@ -430,7 +272,7 @@ fn handle_frame(socket: &PacketSocket, service: &Mutex<MetadataService>, frame: 
                 .unwrap()
                 .ingress(PORT, packet, Instant::now());
             for reply in replies {
-                socket.send(&ethernet(src_mac, 0x0800, &reply));
+                let _ = socket.send(&ethernet(src_mac, 0x0800, &reply));
             }
         }
         _ => {}
@@ -535,12 +377,14 @@ fn start_guest(
         Backend::Switch => {
             // Offload on, as a real guest has it: the switch completes partial checksums.
             let ns = GuestNamespace::create(mac, true).expect("create namespace");
-            let switch = RealSwitch::start(&ns.host_if, metadata.clone()).expect("start switch");
+            let switch =
+                RealSwitch::start(ns.host_if.name(), metadata.clone()).expect("start switch");
             (ns, Box::new(switch))
         }
         Backend::StandIn => {
             let ns = GuestNamespace::create(mac, false).expect("create namespace");
-            let router = RouterStandIn::start(&ns.host_if, metadata.clone()).expect("start router");
+            let router =
+                RouterStandIn::start(ns.host_if.name(), metadata.clone()).expect("start router");
             (ns, Box::new(router))
         }
     }
@@ -585,7 +429,7 @@ fn curl_reads_metadata_v1_and_v2(test: &str, backend: Backend) {
     if let Some(reason) = harness_unavailable() {
         return skip(test, &reason);
     }
-    if !have("curl") {
+    if !have_tool("curl") {
         return skip(test, "curl not found: run scripts/install-deps");
     }
     let metadata = sample_metadata();
@@ -677,13 +521,13 @@ fn the_token_put_does_not_survive_a_routed_hop_with_hop_limit_1() {
     if let Some(reason) = harness_unavailable() {
         return skip(TEST, &reason);
     }
-    if !have("curl") {
+    if !have_tool("curl") {
         return skip(TEST, "curl not found: run scripts/install-deps");
     }
     let metadata = sample_metadata();
     let ns = GuestNamespace::create(metadata.interfaces[0].mac, false).expect("create namespace");
     let container = ns.add_container().expect("create the container namespace");
-    let router = RouterStandIn::start(&ns.host_if, metadata.clone()).expect("start router");
+    let router = RouterStandIn::start(ns.host_if.name(), metadata.clone()).expect("start router");
     let put = [
         "-X",
         "PUT",

@@ -682,7 +682,7 @@ fn example_switch_process() {
     let mut sw = lab
         .sw
         .spawn(&format!("{} --config {}", bin.display(), cfg.display()));
-    let mut out = std::io::BufReader::new(sw.child.stdout.take().unwrap());
+    let mut out = std::io::BufReader::new(sw.stdout.take().unwrap());
     let mut line = String::new();
     std::io::BufRead::read_line(&mut out, &mut line).unwrap();
     let ready: serde_json::Value = serde_json::from_str(&line).expect("ready line");
@@ -703,9 +703,9 @@ fn example_switch_process() {
     // SIGTERM: flushes the flow log and exits 0.
     // SAFETY: kill(2) on the `ip netns exec` child we spawned (it exec'd the switch).
     unsafe {
-        libc::kill(sw.child.id() as i32, libc::SIGTERM);
+        libc::kill(sw.id() as i32, libc::SIGTERM);
     }
-    let status = sw.child.wait().unwrap();
+    let status = sw.wait().unwrap();
     assert!(status.success(), "switch exited with {status}");
     let flows = std::fs::read_to_string(dir.path().join("flows.log")).unwrap();
     assert!(flows.contains(" 10.0.1.4 10.0.1.5 0 0 1 "), "{flows}");

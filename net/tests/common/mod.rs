@@ -1,71 +1,37 @@
 //! Test harness for the switch: network namespaces as hosts, veth pairs as switch ports, and
 //! the switch itself in its own namespace. Everything is removed by Drop guards, even when a test
-//! fails. Tests that cannot run here (not root, a tool missing) print `SKIPPED: ...` and append
-//! it to `$KUMO_SKIP_LOG`.
+//! fails (the guards and the skip are kumo-testkit's). Tests that cannot run here (not root, a
+//! tool missing) print `SKIPPED: ...` and append it to `$KUMO_SKIP_LOG`.
 #![allow(dead_code)]
 
-use std::io::Write;
 use std::os::fd::AsRawFd;
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use kumo_net::config::{PortPlan, SwitchConfig};
 use kumo_net::runtime::SwitchRuntime;
+use kumo_testkit::ChildGuard;
 
-/// Prints and logs a skip.
-pub fn skip(test: &str, reason: &str) {
-    let line = format!("SKIPPED: {test}: {reason}");
-    eprintln!("{line}");
-    if let Ok(path) = std::env::var("KUMO_SKIP_LOG")
-        && let Ok(mut f) = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-    {
-        let _ = writeln!(f, "{line}");
-    }
-}
-
-fn have(tool: &str) -> bool {
-    Command::new("sh")
-        .args(["-c", &format!("command -v {tool}")])
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
+pub use kumo_testkit::{skip, unique_name as unique};
 
 /// True when the test can run: root, and every tool present. Otherwise logs a skip.
 pub fn can_run(test: &str, tools: &[&str]) -> bool {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
+    if !kumo_testkit::is_root() {
         skip(
             test,
             "needs root (network namespaces, veth pairs, AF_PACKET)",
         );
         return false;
     }
-    for t in ["ip"].iter().chain(tools) {
-        if !have(t) {
-            skip(
-                test,
-                &format!("{t} is not installed (scripts/apt/net.txt lists it)"),
-            );
-            return false;
-        }
+    let needed: Vec<&str> = ["ip"].iter().chain(tools).copied().collect();
+    if let Some(t) = kumo_testkit::missing_tool(&needed) {
+        skip(
+            test,
+            &format!("{t} is not installed (scripts/apt/net.txt lists it)"),
+        );
+        return false;
     }
     true
-}
-
-static SEQ: AtomicU32 = AtomicU32::new(0);
-
-/// A unique short name (network namespace names are global).
-pub fn unique(prefix: &str) -> String {
-    format!(
-        "{prefix}{}x{}",
-        std::process::id() % 100_000,
-        SEQ.fetch_add(1, Ordering::SeqCst)
-    )
 }
 
 fn run(cmd: &[&str]) -> Output {
@@ -84,23 +50,26 @@ fn must(cmd: &[&str]) {
     );
 }
 
-/// A network namespace, deleted on drop.
+/// A network namespace with its loopback up; deleted on drop (with whatever still runs in it).
 pub struct Netns {
-    pub name: String,
+    ns: kumo_testkit::Netns,
 }
 
 impl Netns {
     pub fn new(prefix: &str) -> Netns {
-        let name = unique(prefix);
-        must(&["ip", "netns", "add", &name]);
-        let ns = Netns { name };
-        must(&["ip", "-n", &ns.name, "link", "set", "lo", "up"]);
-        ns
+        let ns = kumo_testkit::Netns::add(unique(prefix))
+            .unwrap_or_else(|e| panic!("creating a network namespace: {e}"));
+        must(&["ip", "-n", ns.name(), "link", "set", "lo", "up"]);
+        Netns { ns }
+    }
+
+    pub fn name(&self) -> &str {
+        self.ns.name()
     }
 
     /// Runs a shell command inside the namespace.
     pub fn sh(&self, cmd: &str) -> Output {
-        run(&["ip", "netns", "exec", &self.name, "sh", "-c", cmd])
+        run(&["ip", "netns", "exec", self.name(), "sh", "-c", cmd])
     }
 
     /// Runs a shell command and returns its stdout; panics if it fails.
@@ -109,7 +78,7 @@ impl Netns {
         assert!(
             o.status.success(),
             "[{}] {cmd} failed ({}): {}{}",
-            self.name,
+            self.name(),
             o.status,
             String::from_utf8_lossy(&o.stdout),
             String::from_utf8_lossy(&o.stderr)
@@ -118,78 +87,38 @@ impl Netns {
     }
 
     /// Starts a background command inside the namespace, killed on drop.
-    pub fn spawn(&self, cmd: &str) -> Bg {
-        let child = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &self.name,
-                "sh",
-                "-c",
-                &format!("exec {cmd}"),
-            ])
+    pub fn spawn(&self, cmd: &str) -> ChildGuard {
+        let child = self
+            .ns
+            .command(&["sh", "-c", &format!("exec {cmd}")])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .unwrap_or_else(|e| panic!("spawning {cmd}: {e}"));
-        Bg { child }
+        ChildGuard::new(child)
     }
 
     /// Runs `f` on a thread inside this namespace.
     pub fn enter<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
-        let path = format!("/run/netns/{}", self.name);
+        let path = self.ns.path();
         std::thread::scope(|s| {
             s.spawn(|| {
                 let file = std::fs::File::open(&path).expect("open netns");
                 // SAFETY: setns on this thread only, with a valid namespace fd.
                 let r = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-                assert_eq!(r, 0, "setns {path}: {}", std::io::Error::last_os_error());
+                assert_eq!(
+                    r,
+                    0,
+                    "setns {}: {}",
+                    path.display(),
+                    std::io::Error::last_os_error()
+                );
                 f()
             })
             .join()
             .expect("thread in netns panicked")
         })
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        // Kill anything still running inside, then delete.
-        let _ = Command::new("ip")
-            .args(["netns", "pids", &self.name])
-            .output()
-            .map(|o| {
-                for pid in String::from_utf8_lossy(&o.stdout).split_whitespace() {
-                    if let Ok(p) = pid.parse::<i32>() {
-                        // SAFETY: kill(2) on a pid listed inside our own test namespace.
-                        unsafe {
-                            libc::kill(p, libc::SIGKILL);
-                        }
-                    }
-                }
-            });
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
-    }
-}
-
-/// A background process, killed on drop.
-pub struct Bg {
-    pub child: Child,
-}
-
-impl Bg {
-    pub fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Bg {
-    fn drop(&mut self) {
-        self.kill();
     }
 }
 
@@ -237,7 +166,7 @@ impl Host {
     }
 
     /// Starts TCP and UDP servers answering `reply` on each port.
-    pub fn serve(&self, tcp: &[u16], udp: &[u16], reply: &str) -> Vec<Bg> {
+    pub fn serve(&self, tcp: &[u16], udp: &[u16], reply: &str) -> Vec<ChildGuard> {
         let mut v = Vec::new();
         for p in tcp {
             v.push(self.spawn(&format!(
@@ -302,14 +231,14 @@ impl Lab {
             "add",
             port_netdev,
             "netns",
-            &self.sw.name,
+            self.sw.name(),
             "type",
             "veth",
             "peer",
             "name",
             "eth0",
             "netns",
-            &ns.name,
+            ns.name(),
         ]);
         ns.sh_ok(&format!(
             "ip link set eth0 address {mac} && sysctl -qw net.ipv6.conf.eth0.disable_ipv6=1 && ip link set eth0 up"
