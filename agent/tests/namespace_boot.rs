@@ -12,15 +12,16 @@
 //! agent under test copied over /sbin/init); otherwise an equivalent directory is assembled from
 //! busybox and the agent.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc::{self, Receiver};
+use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
 
 use kumo_agent::report::{Event, ReportLine, parse_line};
+use kumo_testkit::{ChildGuard, Netns, lines_of};
 
 const INSTANCE_ID: &str = "i-0123456789abcdef0";
 const ENI_MAC: &str = "02:00:0a:00:01:05";
@@ -28,16 +29,7 @@ const PRIVATE_IP: &str = "10.0.1.5";
 const PUBLIC_KEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKumoNamespaceTest kumo-test";
 
 fn skip(reason: &str) {
-    let line = format!("SKIPPED: agent namespace_boot: {reason}");
-    eprintln!("{line}");
-    if let Ok(path) = std::env::var("KUMO_SKIP_LOG")
-        && let Ok(mut f) = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-    {
-        let _ = writeln!(f, "{line}");
-    }
+    kumo_testkit::skip("agent namespace_boot", reason);
 }
 
 /// What the test needs from the host; `Err` is the reason to skip.
@@ -49,19 +41,11 @@ struct Tools {
 }
 
 fn tools() -> Result<Tools, String> {
-    // SAFETY: geteuid has no arguments.
-    if unsafe { libc::geteuid() } != 0 {
+    if !kumo_testkit::is_root() {
         return Err("needs root (namespaces, veth, AF_PACKET)".into());
     }
-    for tool in ["unshare", "nsenter", "ip", "chroot"] {
-        if !Command::new("sh")
-            .args(["-c", &format!("command -v {tool}")])
-            .stdout(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-        {
-            return Err(format!("{tool} is not installed"));
-        }
+    if let Some(tool) = kumo_testkit::missing_tool(&["unshare", "nsenter", "ip", "chroot"]) {
+        return Err(format!("{tool} is not installed"));
     }
     let env_path = |name: &str| -> Result<PathBuf, String> {
         let p = std::env::var_os(name)
@@ -107,21 +91,10 @@ fn sh(cmd: &str) -> Result<(), String> {
     }
 }
 
-/// Removes a network namespace (and so the veth ends in it) when dropped.
-struct Netns(String);
-
-impl Netns {
-    fn new(name: String) -> Self {
-        let _ = sh(&format!("ip netns del {name} 2>/dev/null"));
-        sh(&format!("ip netns add {name}")).unwrap();
-        Netns(name)
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = sh(&format!("ip netns del {}", self.0));
-    }
+/// A network namespace for this test, replacing one a killed earlier run may have left; deleted
+/// (with the veth ends in it) when dropped.
+fn netns(name: String) -> Netns {
+    Netns::replace(name).unwrap()
 }
 
 /// Unmounts (lazily) when dropped.
@@ -137,39 +110,9 @@ impl Drop for Mount {
     }
 }
 
-/// Kills a process (SIGTERM, then SIGKILL) and waits for it when dropped.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        if let Ok(None) = self.0.try_wait() {
-            // SAFETY: plain kill(2) of our own child.
-            unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
-            let deadline = Instant::now() + Duration::from_secs(3);
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = self.0.try_wait() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-}
-
-/// Lines of a child's output, read by a thread.
-fn lines_of(reader: impl std::io::Read + Send + 'static) -> Receiver<String> {
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(reader).lines() {
-            let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    rx
+/// A child process that gets SIGTERM, then SIGKILL after 3 s, and is reaped when dropped.
+fn guard(child: Child) -> ChildGuard {
+    ChildGuard::terminate_first(child, Duration::from_secs(3))
 }
 
 /// The kumo-minimal root file system: the image under an overlay, or an assembled directory.
@@ -268,14 +211,14 @@ fn install_agent(root: &Path, agent: &Path) {
 /// namespace holding the other veth end as eth0.
 struct Vpc {
     instance_ns: Netns,
-    _switch: Proc,
+    _switch: ChildGuard,
     _switch_ns: Netns,
     switch_stderr: Receiver<String>,
 }
 
 fn start_vpc(t: &Tools, dir: &Path, tag: &str, instance: serde_json::Value) -> Vpc {
-    let switch_ns = Netns::new(format!("kagsw{tag}"));
-    let instance_ns = Netns::new(format!("kagin{tag}"));
+    let switch_ns = netns(format!("kagsw{tag}"));
+    let instance_ns = netns(format!("kagin{tag}"));
     let sw_dev = format!("kag{tag}s");
     let in_dev = format!("kag{tag}i");
     sh(&format!(
@@ -284,8 +227,8 @@ fn start_vpc(t: &Tools, dir: &Path, tag: &str, instance: serde_json::Value) -> V
          ip link set {in_dev} netns {inst} && \
          ip -n {inst} link set {in_dev} name eth0 && \
          ip -n {inst} link set eth0 address {ENI_MAC}",
-        sw = switch_ns.0,
-        inst = instance_ns.0,
+        sw = switch_ns.name(),
+        inst = instance_ns.name(),
     ))
     .unwrap();
     let config = serde_json::json!({
@@ -310,7 +253,7 @@ fn start_vpc(t: &Tools, dir: &Path, tag: &str, instance: serde_json::Value) -> V
     let config_path = dir.join("switch.json");
     std::fs::write(&config_path, config.to_string()).unwrap();
     let mut child = Command::new("ip")
-        .args(["netns", "exec", &switch_ns.0])
+        .args(["netns", "exec", switch_ns.name()])
         .arg(&t.switch)
         .arg("--config")
         .arg(&config_path)
@@ -321,7 +264,7 @@ fn start_vpc(t: &Tools, dir: &Path, tag: &str, instance: serde_json::Value) -> V
         .unwrap();
     let stdout = lines_of(child.stdout.take().unwrap());
     let switch_stderr = lines_of(child.stderr.take().unwrap());
-    let switch = Proc(child);
+    let switch = guard(child);
     let ready = stdout.recv_timeout(Duration::from_secs(30));
     match ready {
         Ok(line) if line.contains("\"ready\":true") => {}
@@ -340,9 +283,9 @@ fn start_vpc(t: &Tools, dir: &Path, tag: &str, instance: serde_json::Value) -> V
 
 /// kumo-agent as PID 1 of `root` in new PID, mount, UTS and IPC namespaces, inside the
 /// instance's network namespace.
-fn boot(root: &Path, vpc: &Vpc) -> (Proc, Receiver<String>, Receiver<String>) {
+fn boot(root: &Path, vpc: &Vpc) -> (ChildGuard, Receiver<String>, Receiver<String>) {
     let mut child = Command::new("nsenter")
-        .arg(format!("--net=/run/netns/{}", vpc.instance_ns.0))
+        .arg(format!("--net={}", vpc.instance_ns.path().display()))
         .args([
             "unshare",
             "--pid",
@@ -369,7 +312,7 @@ fn boot(root: &Path, vpc: &Vpc) -> (Proc, Receiver<String>, Receiver<String>) {
         .unwrap();
     let out = lines_of(child.stdout.take().unwrap());
     let err = lines_of(child.stderr.take().unwrap());
-    (Proc(child), out, err)
+    (guard(child), out, err)
 }
 
 /// Reads console lines until `until` matches an event, the process ends, or the timeout.
@@ -400,17 +343,6 @@ fn events(console: &[String]) -> Vec<(Event, u64)> {
             _ => None,
         })
         .collect()
-}
-
-fn wait_exit(p: &mut Proc, timeout: Duration) -> Option<std::process::ExitStatus> {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if let Ok(Some(s)) = p.0.try_wait() {
-            return Some(s);
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    None
 }
 
 fn user_data() -> Vec<u8> {
@@ -503,7 +435,7 @@ fn agent_boots_as_pid1_on_the_vpc_switch() {
     let shutdown = read_until(&out, &mut console, Duration::from_secs(20), |e| {
         matches!(e, Event::Shutdown { .. })
     });
-    let status = wait_exit(&mut agent, Duration::from_secs(20));
+    let status = agent.wait_timeout(Duration::from_secs(20));
     let all = events(&console);
     let text = console.join("\n");
     eprintln!("{}", dump(&console));
@@ -621,7 +553,7 @@ fn agent_boots_as_pid1_on_the_vpc_switch() {
         .find(|l| l.contains("DHCP lease for 10.0.1.5 on eth0 renewed"));
     assert!(renewed.is_some(), "the agent did not renew its DHCP lease");
     // The namespace's init is the child of `unshare`.
-    let unshare_pid = agent.0.id();
+    let unshare_pid = agent.id();
     let children =
         std::fs::read_to_string(format!("/proc/{unshare_pid}/task/{unshare_pid}/children"))
             .unwrap_or_default();
@@ -641,7 +573,9 @@ fn agent_boots_as_pid1_on_the_vpc_switch() {
             action: "reboot".into()
         })
     );
-    let status = wait_exit(&mut agent, Duration::from_secs(20)).expect("no exit after SIGTERM");
+    let status = agent
+        .wait_timeout(Duration::from_secs(20))
+        .expect("no exit after SIGTERM");
     assert_eq!(status.signal(), Some(libc::SIGHUP), "{status:?}");
 }
 
@@ -693,7 +627,7 @@ fn agent_boots_on_when_metadata_is_off() {
             .any(|l| l.contains("Booting on without metadata")),
         "{stderr:?}"
     );
-    let unshare_pid = agent.0.id();
+    let unshare_pid = agent.id();
     let children =
         std::fs::read_to_string(format!("/proc/{unshare_pid}/task/{unshare_pid}/children"))
             .unwrap_or_default();
@@ -704,7 +638,9 @@ fn agent_boots_on_when_metadata_is_off() {
         .expect("no init process");
     // SAFETY: plain kill(2) of the namespace's init, a process this test started.
     unsafe { libc::kill(init_pid, libc::SIGUSR2) };
-    let status = wait_exit(&mut agent, Duration::from_secs(20)).expect("no exit after SIGUSR2");
+    let status = agent
+        .wait_timeout(Duration::from_secs(20))
+        .expect("no exit after SIGUSR2");
     assert_eq!(status.signal(), Some(libc::SIGINT), "{status:?}");
     assert!(!console.iter().any(|l| l.contains("must-not-run")));
 }
