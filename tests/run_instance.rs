@@ -12,12 +12,14 @@
 //!
 //! The tests run one at a time (a lock), so that what one leaves is never blamed on another.
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc::{self, Receiver};
+use std::process::{Command, Stdio};
+use std::sync::mpsc::Receiver;
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
+
+use kumo_testkit::{ChildGuard, is_root, lines_of, no_hardware_virtualization};
 
 static SERIAL: Mutex<()> = Mutex::new(());
 
@@ -26,17 +28,7 @@ fn serial() -> MutexGuard<'static, ()> {
 }
 
 fn skip(name: &str, reason: &str) {
-    let line = format!("SKIPPED: run_instance {name}: {reason}");
-    eprintln!("{line}");
-    if let Ok(path) = std::env::var("KUMO_SKIP_LOG")
-        && let Ok(mut f) = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-    {
-        use std::io::Write;
-        let _ = writeln!(f, "{line}");
-    }
+    kumo_testkit::skip(&format!("run_instance {name}"), reason);
 }
 
 fn kumo() -> PathBuf {
@@ -49,11 +41,6 @@ fn home() -> PathBuf {
         None => PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into()))
             .join(".local/share/kumo"),
     }
-}
-
-fn is_root() -> bool {
-    // SAFETY: geteuid has no arguments.
-    unsafe { libc::geteuid() == 0 }
 }
 
 /// Why the namespace tests cannot run here, if they cannot.
@@ -75,21 +62,13 @@ fn missing_prerequisite() -> Option<String> {
     None
 }
 
-/// A `kumo run` in progress: its output lines as they come.
+/// A `kumo run` in progress: its output lines as they come. It is killed if the test ends
+/// before it does.
 struct Run {
-    child: Child,
+    child: ChildGuard,
     stdout: Receiver<String>,
     stdout_lines: Vec<String>,
     stderr: std::thread::JoinHandle<String>,
-}
-
-impl Drop for Run {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
 }
 
 fn start(args: &[&str], env: &[(&str, &str)]) -> Run {
@@ -103,18 +82,9 @@ fn start(args: &[&str], env: &[(&str, &str)]) -> Run {
     for (k, v) in env {
         cmd.env(k, v);
     }
-    let mut child = cmd.spawn().expect("starting kumo run");
-    let out = child.stdout.take().unwrap();
+    let mut child = ChildGuard::new(cmd.spawn().expect("starting kumo run"));
+    let stdout = lines_of(child.stdout.take().unwrap());
     let mut err = child.stderr.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(out).lines() {
-            let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
     let stderr = std::thread::spawn(move || {
         let mut s = String::new();
         let _ = err.read_to_string(&mut s);
@@ -122,7 +92,7 @@ fn start(args: &[&str], env: &[(&str, &str)]) -> Run {
     });
     Run {
         child,
-        stdout: rx,
+        stdout,
         stdout_lines: Vec::new(),
         stderr,
     }
@@ -162,9 +132,7 @@ impl Run {
             self.stdout_lines.push(line);
         }
         let stdout = self.stdout_lines.join("\n");
-        let stderr = std::mem::replace(&mut self.stderr, std::thread::spawn(String::new))
-            .join()
-            .unwrap_or_default();
+        let stderr = self.stderr.join().unwrap_or_default();
         (status.and_then(|s| s.code()), stdout, stderr)
     }
 }
@@ -659,12 +627,7 @@ fn kvm_backend() {
     if let Some(reason) = missing_prerequisite() {
         return skip("kvm_backend", &reason);
     }
-    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let hw = cpuinfo
-        .lines()
-        .filter(|l| l.starts_with("flags"))
-        .any(|l| l.split_whitespace().any(|f| f == "vmx" || f == "svm"));
-    let pvm = Path::new("/sys/module/kvm_pvm").exists();
+    let hardware_virtualization = no_hardware_virtualization().is_none();
     if !Path::new("/dev/kvm").exists() {
         return skip("kvm_backend", "no /dev/kvm");
     }
@@ -700,7 +663,7 @@ fn kvm_backend() {
         "--user-data",
         script.to_str().unwrap(),
     ];
-    if hw && !pvm {
+    if hardware_virtualization {
         let (code, stdout, stderr) = start(&args, &[("KUMO_VMM", &vmm_env)]).finish(LONG);
         assert_eq!(code, Some(0), "{stdout}\n{stderr}");
         assert!(stdout.contains(&marker), "{stdout}");

@@ -278,9 +278,8 @@ mod tests {
     /// Real limits on this host (root only): the group exists with the limits, then is gone.
     #[test]
     fn create_and_destroy_on_this_host() {
-        // SAFETY: geteuid has no arguments.
-        if unsafe { libc::geteuid() } != 0 || detect().is_none() {
-            crate::compute::test_support::skip(
+        if !kumo_testkit::is_root() || detect().is_none() {
+            kumo_testkit::skip(
                 "compute cgroup::create_and_destroy_on_this_host",
                 "needs root and a cgroup hierarchy",
             );

@@ -240,7 +240,7 @@ mod tests {
                         .to_string(),
                     Err(e) => e.to_string(),
                 };
-                crate::compute::test_support::skip(
+                kumo_testkit::skip(
                     "compute instance_types::table_matches_moto",
                     &format!(
                         "moto's instance_types.json.gz is not available ({why}); pip install moto"

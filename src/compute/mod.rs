@@ -29,22 +29,3 @@ pub mod launch;
 pub mod netdev;
 pub mod network;
 pub mod stale;
-
-#[cfg(test)]
-pub(crate) mod test_support {
-    /// Reports a skipped test as TEAM.md asks: a `SKIPPED:` line on stderr and in
-    /// `$KUMO_SKIP_LOG`.
-    pub fn skip(name: &str, reason: &str) {
-        let line = format!("SKIPPED: {name}: {reason}");
-        eprintln!("{line}");
-        if let Ok(path) = std::env::var("KUMO_SKIP_LOG")
-            && let Ok(mut f) = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
-        {
-            use std::io::Write;
-            let _ = writeln!(f, "{line}");
-        }
-    }
-}

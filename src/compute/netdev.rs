@@ -407,9 +407,8 @@ mod tests {
     /// Creates and removes a real TAP device (root only).
     #[test]
     fn tap_create_and_delete() {
-        // SAFETY: geteuid has no arguments.
-        if unsafe { libc::geteuid() } != 0 || !Path::new("/dev/net/tun").exists() {
-            crate::compute::test_support::skip(
+        if !kumo_testkit::is_root() || !Path::new("/dev/net/tun").exists() {
+            kumo_testkit::skip(
                 "compute netdev::tap_create_and_delete",
                 "needs root and /dev/net/tun",
             );

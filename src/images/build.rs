@@ -723,17 +723,10 @@ mod tests {
 
     /// Prints the SKIPPED line scripts/test collects, and says whether to skip.
     fn skip_unless(ok: bool, test: &str, reason: &str) -> bool {
-        if ok {
-            return false;
+        if !ok {
+            kumo_testkit::skip(test, reason);
         }
-        let line = format!("SKIPPED: {test}: {reason}");
-        eprintln!("{line}");
-        if let Some(log) = std::env::var_os("KUMO_SKIP_LOG")
-            && let Ok(mut f) = fs::OpenOptions::new().append(true).create(true).open(log)
-        {
-            let _ = writeln!(f, "{line}");
-        }
-        true
+        !ok
     }
 
     /// Puts a stand-in kernel into `catalog` whose record carries the real kernel recipe's inputs
