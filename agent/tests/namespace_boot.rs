@@ -345,6 +345,19 @@ fn events(console: &[String]) -> Vec<(Event, u64)> {
         .collect()
 }
 
+/// The pid of the namespace's init: the child of `unshare`, which `boot` started.
+fn namespace_init(unshare: &Child) -> i32 {
+    let unshare_pid = unshare.id();
+    let children =
+        std::fs::read_to_string(format!("/proc/{unshare_pid}/task/{unshare_pid}/children"))
+            .unwrap_or_default();
+    children
+        .split_whitespace()
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("no init process")
+}
+
 fn user_data() -> Vec<u8> {
     // A MIME multi-part with cloud-config and a script, gzip-compressed, as cloud-init accepts.
     let mime = r#"Content-Type: multipart/mixed; boundary="==KUMO=="
@@ -552,16 +565,7 @@ fn agent_boots_as_pid1_on_the_vpc_switch() {
     let renewed = std::iter::from_fn(|| err.recv_timeout(Duration::from_secs(15)).ok())
         .find(|l| l.contains("DHCP lease for 10.0.1.5 on eth0 renewed"));
     assert!(renewed.is_some(), "the agent did not renew its DHCP lease");
-    // The namespace's init is the child of `unshare`.
-    let unshare_pid = agent.id();
-    let children =
-        std::fs::read_to_string(format!("/proc/{unshare_pid}/task/{unshare_pid}/children"))
-            .unwrap_or_default();
-    let init_pid: i32 = children
-        .split_whitespace()
-        .next()
-        .and_then(|p| p.parse().ok())
-        .expect("no init process");
+    let init_pid = namespace_init(&agent);
     // SAFETY: plain kill(2) of the namespace's init, a process this test started.
     unsafe { libc::kill(init_pid, libc::SIGTERM) };
     let shutdown = read_until(&out, &mut console, Duration::from_secs(20), |e| {
@@ -627,15 +631,7 @@ fn agent_boots_on_when_metadata_is_off() {
             .any(|l| l.contains("Booting on without metadata")),
         "{stderr:?}"
     );
-    let unshare_pid = agent.id();
-    let children =
-        std::fs::read_to_string(format!("/proc/{unshare_pid}/task/{unshare_pid}/children"))
-            .unwrap_or_default();
-    let init_pid: i32 = children
-        .split_whitespace()
-        .next()
-        .and_then(|p| p.parse().ok())
-        .expect("no init process");
+    let init_pid = namespace_init(&agent);
     // SAFETY: plain kill(2) of the namespace's init, a process this test started.
     unsafe { libc::kill(init_pid, libc::SIGUSR2) };
     let status = agent
