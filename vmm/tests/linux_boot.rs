@@ -70,18 +70,20 @@ fn linux_boot() {
     }
 }
 
+/// kumo-vmm on `kernel` with 2 vCPUs, [`MEM_MIB`] of memory and [`CMDLINE`].
+fn linux_vm(kernel: &Path) -> Vmm {
+    Vmm::new(kernel).args([
+        "--vcpus",
+        "2",
+        "--memory-mib",
+        &MEM_MIB.to_string(),
+        "--cmdline",
+        CMDLINE,
+    ])
+}
+
 fn partial_boot(kernel: &Path, reason: &str) {
-    let mut vm = Vmm::new(kernel)
-        .args([
-            "--vcpus",
-            "2",
-            "--memory-mib",
-            &MEM_MIB.to_string(),
-            "--cmdline",
-            CMDLINE,
-        ])
-        .timeout(Duration::from_secs(120))
-        .spawn();
+    let mut vm = linux_vm(kernel).timeout(Duration::from_secs(120)).spawn();
     // The MP table is parsed a few seconds into the boot under software KVM.
     let saw_cpus = vm.wait_for_serial("Processors: 2", Duration::from_secs(90));
     // Under software KVM the kernel dies or crawls from here on: stop it.
@@ -119,15 +121,7 @@ fn full_boot(kernel: &Path) {
             return;
         }
     };
-    let run = Vmm::new(kernel)
-        .args([
-            "--vcpus",
-            "2",
-            "--memory-mib",
-            &MEM_MIB.to_string(),
-            "--cmdline",
-            CMDLINE,
-        ])
+    let run = linux_vm(kernel)
         .args(["--initrd", initrd.to_str().unwrap()])
         .timeout(Duration::from_secs(120))
         .run();
