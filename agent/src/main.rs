@@ -65,6 +65,19 @@ fn init_logging() {
         .try_init();
 }
 
+/// The first report lines: `booted`, then a warning for each setting that was ignored.
+fn report_booted(reporter: &Reporter, mode: Mode, ignored_settings: Vec<String>) {
+    reporter.send(Event::Booted {
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        mode,
+    });
+    for p in ignored_settings {
+        reporter.send(Event::Warning {
+            message: format!("setting ignored: {p}"),
+        });
+    }
+}
+
 fn env_settings() -> Vec<(String, String)> {
     std::env::vars()
         .filter(|(k, _)| k.starts_with("KUMO_AGENT_"))
@@ -86,15 +99,7 @@ fn main() {
         let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
         let problems = settings.load(&cmdline, &env_settings());
         let reporter = Reporter::stdout(start);
-        reporter.send(Event::Booted {
-            version: env!("CARGO_PKG_VERSION").to_string(),
-            mode: Mode::Init,
-        });
-        for p in problems {
-            reporter.send(Event::Warning {
-                message: format!("setting ignored: {p}"),
-            });
-        }
+        report_booted(&reporter, Mode::Init, problems);
         kumo_agent::init::run(settings, reporter);
     }
     let code = match run_command(&args, start) {
@@ -162,15 +167,7 @@ fn service(args: &[String], start: Instant) -> Result<i32> {
         bail!("--root {}: not a directory", settings.root.display());
     }
     let reporter = Reporter::stdout(start);
-    reporter.send(Event::Booted {
-        version: env!("CARGO_PKG_VERSION").to_string(),
-        mode: Mode::Service,
-    });
-    for p in problems {
-        reporter.send(Event::Warning {
-            message: format!("setting ignored: {p}"),
-        });
-    }
+    report_booted(&reporter, Mode::Service, problems);
     let mut lease = None;
     if settings.configure_network {
         match agent::bring_up_network(&settings, &reporter) {
