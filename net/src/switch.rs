@@ -372,15 +372,21 @@ impl Switch {
             self.counters.drop(DropReason::NoSuchAddress);
             return Verdict::Consumed;
         }
+        self.reply_to_arp(in_port, arp, eni.mac)
+    }
+
+    /// Answers ARP request `arp` on `in_port` as the VPC router: `arp.target_ip` is at the
+    /// router's MAC; the reply goes to `asker_mac`.
+    fn reply_to_arp(&mut self, in_port: PortId, arp: &Arp, asker_mac: MacAddr) -> Verdict {
         let reply = Arp {
             operation: Arp::REPLY,
             sender_mac: ROUTER_MAC,
             sender_ip: arp.target_ip,
-            target_mac: eni.mac,
+            target_mac: asker_mac,
             target_ip: arp.sender_ip,
         };
         self.generated
-            .push((in_port, packet::build_arp(eni.mac, ROUTER_MAC, &reply)));
+            .push((in_port, packet::build_arp(asker_mac, ROUTER_MAC, &reply)));
         self.counters.arp_replies += 1;
         Verdict::Consumed
     }
@@ -952,19 +958,7 @@ impl Switch {
                     self.counters.drop(DropReason::NoSuchAddress);
                     return Verdict::Consumed;
                 }
-                let reply = Arp {
-                    operation: Arp::REPLY,
-                    sender_mac: ROUTER_MAC,
-                    sender_ip: arp.target_ip,
-                    target_mac: arp.sender_mac,
-                    target_ip: arp.sender_ip,
-                };
-                self.generated.push((
-                    in_port,
-                    packet::build_arp(arp.sender_mac, ROUTER_MAC, &reply),
-                ));
-                self.counters.arp_replies += 1;
-                Verdict::Consumed
+                self.reply_to_arp(in_port, &arp, arp.sender_mac)
             }
             FrameKind::Ipv6 => self.drop_frame("gateway", DropReason::Ipv6, "IPv6 is not enabled"),
             FrameKind::Ipv4(info) => {
