@@ -289,6 +289,26 @@ mod tests {
     use std::os::unix::fs::PermissionsExt;
     use std::time::Instant;
 
+    /// Whether process `pid` has ended (gone, or a zombie) within a few seconds: a killed
+    /// process ends at once, so this only waits for the kernel to finish tearing it down.
+    fn process_ends(pid: u32) -> bool {
+        for _ in 0..100 {
+            match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+                Err(_) => return true,
+                Ok(stat) => {
+                    let state = stat
+                        .rsplit_once(") ")
+                        .and_then(|(_, rest)| rest.chars().next());
+                    if state == Some('Z') {
+                        return true;
+                    }
+                }
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
+    }
+
     fn sink(dir: &Path) -> (OutputSink, Arc<Mutex<Vec<u8>>>) {
         #[derive(Clone)]
         struct Shared(Arc<Mutex<Vec<u8>>>);
@@ -350,8 +370,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (sink, _) = sink(dir.path());
         let children = Children::new(Reaping::PerChild);
-        let p = script(dir.path(), "s", "#!/bin/sh\nsleep 30 &\nsleep 30\n");
-        let start = Instant::now();
+        let bg_pid_file = dir.path().join("bg.pid");
+        let p = script(
+            dir.path(),
+            "s",
+            &format!(
+                "#!/bin/sh\nsleep 30 &\necho $! > {}\nsleep 30\n",
+                bg_pid_file.display()
+            ),
+        );
         let o = run_logged(
             &children,
             &p,
@@ -362,7 +389,12 @@ mod tests {
         );
         assert_eq!(o, Outcome::TimedOut(Duration::from_millis(300)));
         assert_eq!(o.code(), 124);
-        assert!(start.elapsed() < Duration::from_secs(10));
+        // The whole process group went, the script's background child included.
+        let bg_pid = std::fs::read_to_string(&bg_pid_file).unwrap();
+        assert!(
+            process_ends(bg_pid.trim().parse().unwrap()),
+            "background child {bg_pid} survived the timeout"
+        );
     }
 
     #[test]

@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::{ImdsServer, TokenMode, instance_meta};
 use kumo_agent::imds::{ImdsClient, ImdsConfig, ImdsError, ImdsVersion};
@@ -95,10 +95,10 @@ fn v1_when_v2_is_refused() {
 #[test]
 fn disabled_service_is_reported_not_retried() {
     let s = ImdsServer::start(TokenMode::Disabled, instance_meta("i-3", "10.0.0.3"), None);
-    let start = Instant::now();
     let e = ImdsClient::connect(config(&s), |_, _| {}).unwrap_err();
     assert!(matches!(e, ImdsError::Disabled { status: 403, .. }), "{e}");
-    assert!(start.elapsed() < Duration::from_secs(5));
+    // The token request and one probe of the tree, both refused; then reported, not retried.
+    assert_eq!(s.count(&s.counters.forbidden), 2);
 }
 
 #[test]
@@ -198,10 +198,8 @@ fn gives_up_after_the_bounded_wait() {
         initial_backoff: Duration::from_millis(20),
         max_backoff: Duration::from_millis(100),
     };
-    let start = Instant::now();
     let e = ImdsClient::connect(cfg, |_, _| {}).unwrap_err();
     assert!(matches!(e, ImdsError::NeverAnswered { .. }), "{e}");
     let msg = e.to_string();
     assert!(msg.contains("did not answer"), "{msg}");
-    assert!(start.elapsed() < Duration::from_secs(5));
 }

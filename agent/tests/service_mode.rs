@@ -271,9 +271,7 @@ fn bad_user_data_is_reported_and_boot_finishes() {
         instance_meta("i-4", "10.0.1.10"),
         Some(user_data.as_bytes().to_vec()),
     );
-    let start = std::time::Instant::now();
     let run = run_agent(&server, img.path(), &["--script-timeout", "1"]);
-    assert!(start.elapsed() < std::time::Duration::from_secs(60));
     let failed: Vec<(String, String)> = run
         .events
         .iter()

@@ -30,6 +30,8 @@ pub struct Counters {
     pub gets_with_token: AtomicUsize,
     pub unauthorized: AtomicUsize,
     pub server_errors: AtomicUsize,
+    /// Requests refused with 403 because the endpoint is disabled.
+    pub forbidden: AtomicUsize,
 }
 
 #[derive(Debug)]
@@ -201,6 +203,7 @@ fn serve(mut stream: TcpStream, state: &Mutex<State>, counters: &Counters) -> st
         return Ok(());
     }
     if st.mode == TokenMode::Disabled {
+        counters.forbidden.fetch_add(1, Ordering::SeqCst);
         respond(&mut stream, 403, &[], b"Forbidden");
         return Ok(());
     }
